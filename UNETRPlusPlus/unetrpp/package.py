@@ -1,0 +1,210 @@
+"""Model packages: a folder or zip holding `model.json` (the manifest) and `weights.safetensors`.
+
+Loading checks the manifest against its schema and the weights against the SHA256 recorded in the
+manifest before a single tensor is read; weights are never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import safetensors.torch
+import torch
+from torch import nn
+
+from .errors import ManifestError, OutputExistsError, PackageError
+from .hashing import check_sha256, sha256_bytes, sha256_file
+from .manifest import Manifest
+from .network import UNETRPP, build_network
+
+log = logging.getLogger(__name__)
+
+MANIFEST_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
+_DEEP_SUPERVISION_PREFIXES = ("out2.", "out3.")
+
+
+@dataclass
+class Model:
+    """A loaded model package: `network` (eval mode, weights loaded) and its `manifest`."""
+
+    network: UNETRPP
+    manifest: Manifest
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.manifest.name
+
+    def to(self, device: torch.device | str) -> "Model":
+        self.network.to(device)
+        return self
+
+
+# Tied parameters ----------------------------------------------------------------------------
+def _alias_keys(state: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Map each state_dict key that shares storage with an earlier key to that key (the official
+    synapse network holds one Linear as both E and F)."""
+    first_by_storage: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    aliases: dict[str, str] = {}
+    for key, tensor in state.items():
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if tensor.numel() and ident in first_by_storage:
+            aliases[key] = first_by_storage[ident]
+        else:
+            first_by_storage[ident] = key
+    return aliases
+
+
+def load_weights_into(network: nn.Module, weights: dict[str, torch.Tensor], what: str) -> None:
+    """Strictly load `weights` (which may omit tied aliases and may carry deep-supervision heads
+    the network does not have)."""
+    expected = network.state_dict()
+    weights = dict(weights)
+    for alias, canonical in _alias_keys(expected).items():
+        if alias not in weights and canonical in weights:
+            weights[alias] = weights[canonical]
+    if not hasattr(network, "out2"):
+        weights = {k: v for k, v in weights.items() if not k.startswith(_DEEP_SUPERVISION_PREFIXES)}
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    misshaped = [
+        f"{k} {tuple(weights[k].shape)} (network: {tuple(expected[k].shape)})"
+        for k in expected
+        if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or misshaped:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing (first: {', '.join(missing[:5])})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected (first: {', '.join(unexpected[:5])})")
+        if misshaped:
+            parts.append(f"{len(misshaped)} with the wrong shape (first: {'; '.join(misshaped[:5])})")
+        raise PackageError(f"{what} does not fit the network: " + "; ".join(parts))
+    network.load_state_dict(weights, strict=True)
+
+
+# Save -------------------------------------------------------------------------------------
+def save_package(
+    network: nn.Module,
+    manifest: dict[str, Any],
+    path: str | os.PathLike[str],
+    overwrite: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Path:
+    """Write a package (a folder, or a zip when `path` ends in .zip). The weights' SHA256 is
+    computed and recorded in the manifest; the manifest is validated before anything is written,
+    and the package appears atomically (written next to its final place, then renamed)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(f"{path} already exists; choose another path or pass overwrite=True")
+    state = network.state_dict()
+    aliases = _alias_keys(state)
+    tensors = {
+        k: (v.detach().to(dtype) if v.is_floating_point() else v.detach()).contiguous().cpu()
+        for k, v in state.items()
+        if k not in aliases
+    }
+    weights_bytes = safetensors.torch.save(tensors, metadata={"format": "pt", "package": manifest.get("name", "")})
+    data = json.loads(json.dumps(manifest))  # deep copy, JSON types only
+    data["weights"] = {
+        "file": WEIGHTS_FILE,
+        "sha256": sha256_bytes(weights_bytes),
+        "dtype": str(dtype).removeprefix("torch."),
+        "deep_supervision_heads": any(k.startswith(_DEEP_SUPERVISION_PREFIXES) for k in tensors),
+    }
+    Manifest(data)  # validate before writing
+    manifest_text = json.dumps(data, indent=2) + "\n"
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        if path.suffix == ".zip":
+            staged = tmp / path.name
+            with zipfile.ZipFile(staged, "w", compression=zipfile.ZIP_STORED) as zf:
+                zf.writestr(MANIFEST_FILE, manifest_text)
+                zf.writestr(WEIGHTS_FILE, weights_bytes)
+        else:
+            staged = tmp / "package"
+            staged.mkdir()
+            (staged / MANIFEST_FILE).write_text(manifest_text)
+            (staged / WEIGHTS_FILE).write_bytes(weights_bytes)
+        if path.exists():
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("saved model package %s (%s, weights sha256 %s)", path, data["name"], data["weights"]["sha256"][:12])
+    return path
+
+
+# Load -------------------------------------------------------------------------------------
+def _read_manifest_text(text: str, where: Path) -> Manifest:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{where}/{MANIFEST_FILE} is not valid JSON: {exc}") from exc
+    return Manifest(data)
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate only the manifest of a package (cheap: used to list models)."""
+    path = Path(path)
+    if path.is_dir():
+        file = path / MANIFEST_FILE
+        if not file.is_file():
+            raise PackageError(f"{path} is not a model package: it has no {MANIFEST_FILE}")
+        return _read_manifest_text(file.read_text(), path)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            try:
+                return _read_manifest_text(zf.read(MANIFEST_FILE).decode("utf-8"), path)
+            except KeyError:
+                raise PackageError(f"{path} is not a model package: the zip has no {MANIFEST_FILE}") from None
+    if not path.exists():
+        raise PackageError(f"model package {path} does not exist")
+    raise PackageError(f"{path} is neither a package folder nor a zip file")
+
+
+def _read_weights(path: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
+    expected = manifest.weights_sha256
+    if path.is_dir():
+        file = path / WEIGHTS_FILE
+        if not file.is_file():
+            raise PackageError(f"model package {path} has no {WEIGHTS_FILE}")
+        check_sha256(sha256_file(file), expected, f"{file}")
+        return safetensors.torch.load_file(str(file))
+    with zipfile.ZipFile(path) as zf:
+        try:
+            data = zf.read(WEIGHTS_FILE)
+        except KeyError:
+            raise PackageError(f"model package {path} has no {WEIGHTS_FILE}") from None
+    check_sha256(sha256_bytes(data), expected, f"{path}:{WEIGHTS_FILE}")
+    return safetensors.torch.load(data)
+
+
+def load(
+    path: str | os.PathLike[str],
+    device: torch.device | str = "cpu",
+    deep_supervision: bool = False,
+) -> Model:
+    """Load a model package: validate the manifest, verify the weights' SHA256, build the network
+    and load the weights strictly. Returns a `Model` whose network is in eval mode."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    weights = _read_weights(path, manifest)
+    network = build_network(manifest.network_config, deep_supervision=deep_supervision)
+    load_weights_into(network, weights, f"the weights of {path}")
+    network.eval().to(device)
+    return Model(network=network, manifest=manifest, path=path)
+
+
