@@ -5,12 +5,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import sys
+
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("UNETRPP_SHARED", REPO.parent / "shared")).resolve()
 PARITY = SHARED / "parity"
 DATA = SHARED / "data"
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `support` helpers
 
 
 def require(path: Path) -> Path:
@@ -27,3 +31,10 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return require(DATA)
+
+
+@pytest.fixture(scope="session")
+def tiny_synapse_package(tmp_path_factory) -> Path:
+    from support.packages import make_tiny_package
+
+    return make_tiny_package(tmp_path_factory.mktemp("pkg") / "synapse-tiny")

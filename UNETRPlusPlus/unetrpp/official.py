@@ -46,10 +46,14 @@ def read_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = str(exc)
+        if "Unsupported global" not in detail and "GLOBAL" not in detail:
+            raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?)") from None
+        unsafe = next((line.strip() for line in detail.splitlines() if "Unsupported global" in line), "")
         raise CheckpointError(
             f"refused to load {path}: it contains Python objects beyond tensors, numbers and numpy "
             "scalars, and loading them could run arbitrary code. Official UNETR++ checkpoints do "
-            f"not need this; get the file from the official release. (torch said: {str(exc).splitlines()[0]})"
+            f"not need this; get the file from the official release. ({unsafe[:200]})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None
