@@ -16,12 +16,19 @@ from .terminology import LEFT, MORPHOLOGICALLY_ALTERED, RIGHT, terminology
 
 PAPER = (
     "Shaker A, Maaz M, Rasheed H, Khan S, Yang M-H, Khan FS. UNETR++: Delving into Efficient and "
-    "Accurate 3D Medical Image Segmentation. IEEE Transactions on Medical Imaging, 2024. "
-    "arXiv:2212.04497"
+    "Accurate 3D Medical Image Segmentation. arXiv:2212.04497 (2022)"
 )
 OFFICIAL_REPOSITORY = "https://github.com/Amshaker/unetr_plus_plus"
+# Where the authors publish each checkpoint (links in the official README, section "Evaluation").
+OFFICIAL_CHECKPOINT_URLS = {
+    "synapse": "https://drive.google.com/file/d/13JuLMeDQRR_a3c3tr2V2oav6I29fJoBa",
+    "acdc": "https://drive.google.com/file/d/15YXiHai1zLc1ycmXaiSHetYbLGum3tV5",
+    "lung": "https://drive.google.com/file/d/1i4cccRlNQy-akNMxMOAR_A7qk0TKo9Ek",
+    "brats": "https://drive.google.com/file/d/1LiqnVKKv3DrDKvo6J0oClhIFirhaz5PG",
+}
 OFFICIAL_LICENSE = (
-    "Apache-2.0 (UNETR++ code and official weights); the training dataset's terms also apply "
+    "Apache-2.0 (UNETR++ code and official weights, github.com/Amshaker/unetr_plus_plus); the "
+    "training dataset's terms also apply "
     "(research use). Not a medical device: not for clinical decisions."
 )
 
