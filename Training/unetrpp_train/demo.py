@@ -1,0 +1,114 @@
+"""The demonstration model: a small UNETR++ trained on the one labelled abdominal CT in the shared
+test data (TotalSegmentator's example_ct_sm, 3 mm), its labels remapped to BTCV organ ids.
+
+    python -m unetrpp_train.demo dataset DST            # write the dataset folder (+ plan.json)
+    unetrpp-train train Training/unetrpp_train/configs/demo-abdomen-ct.json --data DST -o RUN
+    unetrpp-train export RUN -o Resources/models/demo-abdomen-ct --name demo-abdomen-ct --dtype float16
+
+It is a demonstration of the whole pipeline on CPU, not a clinical model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+# TotalSegmentator "total" id -> BTCV/Synapse id (shared/data/SOURCES.md).
+TOTALSEG_TO_BTCV = {1: 1, 2: 2, 3: 3, 4: 4, 15: 5, 5: 6, 6: 7, 52: 8, 63: 9, 64: 10, 7: 11, 8: 12, 9: 13}
+BTCV_NAMES = {
+    1: "spleen", 2: "right kidney", 3: "left kidney", 4: "gallbladder", 5: "esophagus", 6: "liver",
+    7: "stomach", 8: "aorta", 9: "inferior vena cava", 10: "portal and splenic vein", 11: "pancreas",
+    12: "right adrenal gland", 13: "left adrenal gland",
+}
+CASE_ID = "example_ct_sm"
+
+
+def shared_data_dir() -> Path:
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent.parent / "shared" / "data"
+        if (candidate / "ct" / "example_ct_sm.nii.gz").is_file():
+            return candidate
+    return Path("/work/shared/data")
+
+
+def remap_totalseg(array: np.ndarray) -> np.ndarray:
+    lut = np.zeros(max(int(array.max()) + 1, 256), dtype=np.uint8)
+    for ts, btcv in TOTALSEG_TO_BTCV.items():
+        lut[ts] = btcv
+    return lut[array]
+
+
+def ct_statistics(image: np.ndarray, label: np.ndarray) -> dict[str, float]:
+    """nnU-Net CT normalisation from the foreground voxels: clip to the 0.5/99.5 percentiles,
+    then the clipped foreground's mean and standard deviation."""
+    fg = image[label > 0].astype(np.float64)
+    lo, hi = np.percentile(fg, [0.5, 99.5])
+    fg = np.clip(fg, lo, hi)
+    return {"clip": [float(lo), float(hi)], "mean": float(fg.mean()), "std": float(fg.std())}
+
+
+def write_demo_dataset(dst: str | Path, ct: str | Path | None = None, seg: str | Path | None = None) -> Path:
+    """The one-case dataset in the converted layout (dataset.json, cases/<id>/, plan.json)."""
+    import SimpleITK as sitk
+
+    data = shared_data_dir()
+    ct = Path(ct or data / "ct" / "example_ct_sm.nii.gz")
+    seg = Path(seg or data / "ct" / "example_seg.nii.gz")
+    dst = Path(dst)
+    case = dst / "cases" / CASE_ID
+    case.mkdir(parents=True, exist_ok=True)
+    image = sitk.ReadImage(str(ct))
+    label_ts = sitk.ReadImage(str(seg))
+    label_arr = remap_totalseg(sitk.GetArrayFromImage(label_ts))
+    label = sitk.GetImageFromArray(label_arr)
+    label.CopyInformation(image)
+    sitk.WriteImage(image, str(case / "image_ct.nii.gz"))
+    sitk.WriteImage(label, str(case / "label.nii.gz"))
+    stats = ct_statistics(sitk.GetArrayFromImage(image), label_arr)
+    spacing_zyx = [float(s) for s in image.GetSpacing()[::-1]]
+    dataset = {
+        "name": "demo-abdomen-ct",
+        "description": "TotalSegmentator example_ct_sm (one abdominal CT, 3 mm) with its reference labels "
+                       "remapped to BTCV organ ids",
+        "licence": "Apache-2.0 (TotalSegmentator repository test files)",
+        "channels": [{"name": "ct", "modality": "CT"}],
+        "labels": {"0": "background", **{str(k): v for k, v in BTCV_NAMES.items()}},
+        "cases": [{"id": CASE_ID, "images": {"ct": f"cases/{CASE_ID}/image_ct.nii.gz"},
+                   "label": f"cases/{CASE_ID}/label.nii.gz"}],
+        "splits": {"train": [CASE_ID], "val": [CASE_ID]},
+    }
+    plan = {
+        "plan": {"target_spacing": spacing_zyx, "crop_to_nonzero": True},
+        "inputs": [{"name": "ct", "modality": "CT", "description": "abdominal CT in Hounsfield units",
+                    "aliases": ["ct"], "normalization": {"scheme": "ct", **stats}}],
+        "patch_size": [32, 64, 64],
+    }
+    (dst / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+    (dst / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    log.info("demo dataset written to %s", dst)
+    return dst
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m unetrpp_train.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("dataset", help="write the one-case demo dataset")
+    p.add_argument("dst")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "dataset":
+        write_demo_dataset(args.dst)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
