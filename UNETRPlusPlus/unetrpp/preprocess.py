@@ -1,0 +1,463 @@
+"""The official nnU-Net (v1) / UNETR++ preprocessing, driven by the manifest's plan, and its exact inverse.
+
+Forward (`preprocess`), in the order of the official pipeline:
+  1. inputs aligned on the first input's grid (same grid: kept; overlapping: resampled with a
+     warning naming the offset in mm; disjoint: `InputImageError`);
+  2. optional region of interest (a physical LPS box), everything outside stays background;
+  3. optional reorientation (`plan.orientation`; default none = stored voxel order, as official);
+  4. crop to the non-zero bounding box of all channels (`plan.crop_to_nonzero`);
+  5. resample to `plan.target_spacing` (z, y, x): image cubic (`plan.image_order`); when the
+     max/min spacing ratio exceeds `plan.anisotropy_threshold`, the low-resolution axis is
+     resampled separately with `plan.separate_z_order` (0 = nearest), in-plane with the image order
+     (the nnU-Net "separate z" rule, decided on the original spacing first, then on the target);
+  6. normalisation per input: CT clip to [lo, hi] then (x - mean) / std; MRI z-score, optionally
+     on the (hole-filled) non-zero mask with the outside set to 0.
+
+Inverse (`labels_to_input_grid`): class probabilities (K, D, H, W) on the network grid are resampled
+back one class at a time (`plan.label_order`, linear by default, separate z as above) with a running
+argmax, so peak memory holds two full-size float channels instead of K; the labels are then un-cropped,
+un-oriented and put back into the region of interest on the first input's exact grid.
+
+Resampling follows nnU-Net's `resize` convention (voxel-edge aligned, `scipy.ndimage.zoom` with
+grid_mode=True, edge values repeated), so the network grid has shape round(shape * spacing / target).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from .errors import InputImageError
+from .image import Image
+from .manifest import Manifest
+
+log = logging.getLogger(__name__)
+
+Box = tuple[slice, slice, slice]
+
+
+@dataclass
+class PreprocessState:
+    """Everything needed to map arrays between the first input's grid and the network grid."""
+
+    reference: Image  # geometry of the first input (its array is a 0-size placeholder)
+    input_names: list[str]
+    roi_box: Box  # (z, y, x) slices of the reference grid the work is restricted to
+    orientation: str | None  # code the data was reoriented to (None: stored order)
+    original_orientation: str | None
+    oriented_shape: tuple[int, int, int]
+    crop_box: Box  # within the (roi, oriented) array
+    spacing_zyx: tuple[float, float, float]  # of the cropped array, before resampling
+    target_spacing: tuple[float, float, float]
+    network_shape: tuple[int, int, int]
+    separate_axis: int | None  # low-resolution axis resampled separately, or None
+    image_order: int = 3
+    label_order: int = 1
+    separate_z_order: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def resampled(self) -> bool:
+        return self.network_shape != _box_shape(self.crop_box)
+
+    @property
+    def reference_shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.reference.meta["shape"])  # type: ignore[return-value]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "input_shape_zyx": list(self.reference_shape),
+            "roi_zyx": [[s.start, s.stop] for s in self.roi_box],
+            "crop_zyx": [[s.start, s.stop] for s in self.crop_box],
+            "orientation": self.orientation,
+            "spacing_zyx": list(self.spacing_zyx),
+            "target_spacing_zyx": list(self.target_spacing),
+            "network_shape_zyx": list(self.network_shape),
+            "separate_z_axis": self.separate_axis,
+        }
+
+
+def _box_shape(box: Box) -> tuple[int, int, int]:
+    return tuple(int(s.stop - s.start) for s in box)  # type: ignore[return-value]
+
+
+# Inputs -----------------------------------------------------------------------------------
+def order_inputs(images: Mapping[str, Image] | Sequence[Image], manifest: Manifest) -> list[tuple[str, Image]]:
+    """Images in the manifest's input order. A mapping must use exactly the manifest's names."""
+    expected = [i.name for i in manifest.inputs]
+    if isinstance(images, Mapping):
+        given = list(images)
+        if sorted(given) != sorted(expected):
+            raise InputImageError(
+                f"model {manifest.name!r} takes {len(expected)} input(s) named {', '.join(expected)}; "
+                f"got {len(given)}: {', '.join(given) or 'none'}"
+            )
+        return [(n, images[n]) for n in expected]
+    images = list(images)
+    if len(images) != len(expected):
+        raise InputImageError(
+            f"model {manifest.name!r} takes {len(expected)} input(s) ({', '.join(expected)}); got {len(images)}"
+        )
+    return list(zip(expected, images))
+
+
+def _bounds(img: Image) -> tuple[np.ndarray, np.ndarray]:
+    c = img.corners()
+    return c.min(0), c.max(0)
+
+
+def align_to_reference(reference: Image, image: Image, name: str, reference_name: str) -> tuple[np.ndarray, str | None]:
+    """`image`'s array on `reference`'s grid, and a warning when it had to be resampled.
+
+    Raises InputImageError when the two do not overlap in physical space."""
+    if image.same_grid(reference):
+        return image.array, None
+    lo_r, hi_r = _bounds(reference)
+    lo_i, hi_i = _bounds(image)
+    inter = np.minimum(hi_r, hi_i) - np.maximum(lo_r, lo_i)
+    ref_sitk = sitk.Image(list(reference.size), sitk.sitkUInt8)
+    ref_sitk.SetSpacing(reference.spacing)
+    ref_sitk.SetOrigin(reference.origin)
+    ref_sitk.SetDirection(tuple(reference.direction.ravel()))
+    src = image.to_sitk()
+    covered = 0.0
+    if np.all(inter > 0):
+        ones = sitk.Image(src.GetSize(), sitk.sitkUInt8) + 1
+        ones.CopyInformation(src)
+        cover = sitk.GetArrayViewFromImage(sitk.Resample(ones, ref_sitk, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8))
+        covered = float(cover.mean())
+    if covered == 0.0:
+        raise InputImageError(
+            f"input {name!r} ({image.describe()}) does not overlap input {reference_name!r} in physical "
+            f"space: {name!r} spans {np.round(lo_i, 1).tolist()} to {np.round(hi_i, 1).tolist()} mm (LPS), "
+            f"{reference_name!r} spans {np.round(lo_r, 1).tolist()} to {np.round(hi_r, 1).tolist()} mm. "
+            "Inputs must be images of the same patient and region, in the same coordinate system"
+        )
+    offset = np.asarray(image.origin) - np.asarray(reference.origin)
+    centre = (lo_i + hi_i) / 2 - (lo_r + hi_r) / 2
+    resampled = sitk.Resample(src, ref_sitk, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    warning = (
+        f"input {name!r} ({image.describe()}) is not on the grid of input {reference_name!r} "
+        f"({reference.describe()}): origin offset {_fmt_mm(offset)} mm, centre offset {_fmt_mm(centre)} mm "
+        f"(LPS); resampled onto {reference_name!r}'s grid with linear interpolation "
+        f"({covered:.0%} of it covered, the rest set to 0)"
+    )
+    return sitk.GetArrayFromImage(resampled), warning
+
+
+def _fmt_mm(v: np.ndarray) -> str:
+    return "(" + ", ".join(f"{x:+.1f}" for x in v) + ")"
+
+
+def roi_to_box(reference: Image, roi: Sequence[Sequence[float]] | None) -> Box:
+    """A physical box ((xmin, ymin, zmin), (xmax, ymax, zmax)) in LPS mm -> (z, y, x) slices of
+    the voxels of `reference` it touches. None -> the whole grid."""
+    shape = reference.array.shape
+    if roi is None:
+        return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
+    lo, hi = np.asarray(roi[0], dtype=float), np.asarray(roi[1], dtype=float)
+    if lo.shape != (3,) or hi.shape != (3,) or np.any(hi <= lo):
+        raise InputImageError(
+            f"region of interest {roi} must be (xmin, ymin, zmin), (xmax, ymax, zmax) in LPS mm with max > min"
+        )
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    idx = reference.physical_to_index(corners)  # (x, y, z) continuous indices
+    start = np.maximum(np.ceil(idx.min(0) - 0.5 - 1e-6), 0).astype(int)
+    stop = np.minimum(np.floor(idx.max(0) + 0.5 + 1e-6) + 1, reference.size).astype(int)
+    if np.any(stop <= start):
+        lo_r, hi_r = _bounds(reference)
+        raise InputImageError(
+            f"region of interest {lo.tolist()} to {hi.tolist()} mm (LPS) does not overlap the input, "
+            f"which spans {np.round(lo_r, 1).tolist()} to {np.round(hi_r, 1).tolist()} mm"
+        )
+    return tuple(slice(int(a), int(b)) for a, b in zip(start[::-1], stop[::-1]))  # type: ignore[return-value]
+
+
+# Orientation ------------------------------------------------------------------------------
+def _orientation_code(direction: np.ndarray) -> str:
+    return sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(tuple(float(v) for v in direction.ravel()))
+
+
+def _grid_image(array: np.ndarray, reference: Image, box: Box) -> sitk.Image:
+    """`array` (the `box` part of the reference grid) as a SimpleITK image with its geometry."""
+    img = sitk.GetImageFromArray(array)
+    img.SetSpacing(reference.spacing)
+    start_xyz = np.array([box[2].start, box[1].start, box[0].start], dtype=float)
+    img.SetOrigin(tuple(reference.index_to_physical(start_xyz)))
+    img.SetDirection(tuple(reference.direction.ravel()))
+    return img
+
+
+# Resampling (nnU-Net's resize convention) -------------------------------------------------
+def _do_separate_z(spacing: Sequence[float], threshold: float) -> bool:
+    return max(spacing) / min(spacing) > threshold
+
+
+def _lowres_axis(spacing: Sequence[float]) -> int | None:
+    s = np.asarray(spacing)
+    axes = np.flatnonzero(s.max() / s == 1)
+    return int(axes[0]) if len(axes) == 1 else None  # several equally coarse axes: no separate z
+
+
+def separate_z_axis(original: Sequence[float], target: Sequence[float], threshold: float) -> int | None:
+    """nnU-Net v1's rule: the original spacing decides first, then the target spacing."""
+    if _do_separate_z(original, threshold):
+        return _lowres_axis(original)
+    if _do_separate_z(target, threshold):
+        return _lowres_axis(target)
+    return None
+
+
+def resize(array: np.ndarray, new_shape: Sequence[int], order: int, separate_axis: int | None = None,
+           order_z: int = 0, out: np.ndarray | None = None) -> np.ndarray:
+    """Resample a 3D array to `new_shape` (voxel-edge aligned, edge values repeated), float32.
+    With `separate_axis`, every slice across that axis is resampled in-plane with `order`, then the
+    axis itself with `order_z`."""
+    new_shape = tuple(int(n) for n in new_shape)
+    src = array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
+    if out is None:
+        out = np.empty(new_shape, dtype=np.float32)
+    if tuple(src.shape) == new_shape:
+        out[...] = src
+        return out
+    if separate_axis is None:
+        zoom = [n / o for n, o in zip(new_shape, src.shape)]
+        ndimage.zoom(src, zoom, output=out, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
+        return out
+    ax = separate_axis
+    inplane_shape = tuple(n for i, n in enumerate(new_shape) if i != ax)
+    mid_shape = list(new_shape)
+    mid_shape[ax] = src.shape[ax]
+    mid = out if mid_shape[ax] == new_shape[ax] else np.empty(mid_shape, dtype=np.float32)
+    zoom2d = [n / o for n, o in zip(inplane_shape, (s for i, s in enumerate(src.shape) if i != ax))]
+    for k in range(src.shape[ax]):
+        sl = [slice(None)] * 3
+        sl[ax] = k
+        plane = src[tuple(sl)]
+        if tuple(plane.shape) == inplane_shape:
+            mid[tuple(sl)] = plane
+        else:
+            ndimage.zoom(plane, zoom2d, output=mid[tuple(sl)], order=order, mode="nearest", grid_mode=True,
+                         prefilter=order > 1)
+    if mid is not out:
+        zoom = [1.0, 1.0, 1.0]
+        zoom[ax] = new_shape[ax] / src.shape[ax]
+        ndimage.zoom(mid, zoom, output=out, order=order_z, mode="nearest", grid_mode=True, prefilter=order_z > 1)
+    return out
+
+
+# Forward ----------------------------------------------------------------------------------
+def _nonzero_box(channels: Sequence[np.ndarray]) -> Box:
+    mask = np.zeros(channels[0].shape, dtype=bool)
+    for c in channels:
+        mask |= c != 0
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)  # type: ignore[return-value]
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(int(hits[0]), int(hits[-1]) + 1))
+    return tuple(box)  # type: ignore[return-value]
+
+
+def plan_state(reference: Image, names: list[str], manifest: Manifest, roi=None) -> PreprocessState:
+    """The geometric part of the plan for `reference` (without looking at intensities; the
+    non-zero crop box is filled in by `preprocess`)."""
+    plan = manifest.plan
+    roi_box = roi_to_box(reference, roi)
+    placeholder = Image(np.zeros((0, 0, 0), np.uint8), reference.spacing, reference.origin, reference.direction,
+                        meta={"shape": reference.array.shape})
+    orientation = plan.get("orientation")
+    return PreprocessState(
+        reference=placeholder, input_names=names, roi_box=roi_box, orientation=orientation,
+        original_orientation=_orientation_code(reference.direction) if orientation else None,
+        oriented_shape=_box_shape(roi_box), crop_box=tuple(slice(0, n) for n in _box_shape(roi_box)),  # type: ignore[arg-type]
+        spacing_zyx=tuple(reference.spacing[::-1]), target_spacing=tuple(float(s) for s in plan["target_spacing"]),  # type: ignore[arg-type]
+        network_shape=_box_shape(roi_box), separate_axis=None,
+        image_order=int(plan.get("image_order", 3)), label_order=int(plan.get("label_order", 1)),
+        separate_z_order=int(plan.get("separate_z_order", 0)),
+    )
+
+
+def _orient(arrays: list[np.ndarray], state: PreprocessState) -> list[np.ndarray]:
+    if not state.orientation:
+        return arrays
+    out = []
+    ref = state.reference
+    for a in arrays:
+        img = sitk.DICOMOrient(_grid_image(a, ref, state.roi_box), state.orientation)
+        out.append(sitk.GetArrayFromImage(img))
+        spacing = img.GetSpacing()
+    state.oriented_shape = tuple(out[0].shape)  # type: ignore[assignment]
+    state.spacing_zyx = tuple(float(s) for s in spacing[::-1])  # type: ignore[assignment]
+    return out
+
+
+def _finish_geometry(state: PreprocessState, manifest: Manifest) -> None:
+    plan = manifest.plan
+    shape = np.asarray(_box_shape(state.crop_box), dtype=float)
+    new_shape = np.round(np.asarray(state.spacing_zyx) / np.asarray(state.target_spacing) * shape).astype(int)
+    state.network_shape = tuple(int(max(n, 1)) for n in new_shape)  # type: ignore[assignment]
+    state.separate_axis = separate_z_axis(state.spacing_zyx, state.target_spacing, float(plan.get("anisotropy_threshold", 3)))
+
+
+def forward_array(array: np.ndarray, state: PreprocessState, order: int | None = None) -> np.ndarray:
+    """Map one array on the first input's grid to the network grid (ROI, orientation, crop,
+    resampling with `order`, default the image order), float32. Used for images and for masks."""
+    a = array[state.roi_box]
+    if a.dtype == bool:
+        a = a.astype(np.uint8)
+    a = _orient([a], state)[0] if state.orientation else a
+    a = a[state.crop_box]
+    order = state.image_order if order is None else order
+    return resize(a, state.network_shape, order, state.separate_axis, state.separate_z_order)
+
+
+def normalise(x: np.ndarray, scheme: Mapping[str, Any], mask: np.ndarray | None = None) -> np.ndarray:
+    """In-place normalisation of one channel (float32) per the manifest's input scheme."""
+    kind = scheme["scheme"]
+    if kind == "ct":
+        lo, hi = scheme["clip"]
+        np.clip(x, lo, hi, out=x)
+        x -= np.float32(scheme["mean"])
+        x /= np.float32(scheme["std"])
+    elif kind == "zscore":
+        if scheme.get("nonzero_mask") and mask is not None:
+            values = x[mask]
+            mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
+            x -= np.float32(mean)
+            x /= np.float32(std + 1e-8)
+            x[~mask] = 0
+        else:
+            mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
+            x -= np.float32(mean)
+            x /= np.float32(std + 1e-8)
+    elif kind != "none":
+        raise InputImageError(f"unknown normalisation scheme {kind!r} in the model manifest")
+    return x
+
+
+def preprocess(
+    images: Mapping[str, Image] | Sequence[Image],
+    manifest: Manifest,
+    roi: Sequence[Sequence[float]] | None = None,
+) -> tuple[np.ndarray, PreprocessState]:
+    """Inputs -> (C, D, H, W) float32 network input and the state to invert it."""
+    named = order_inputs(images, manifest)
+    names = [n for n, _ in named]
+    ref_name, reference = named[0]
+    state = plan_state(reference, names, manifest, roi)
+    ref_grid = reference
+    arrays = []
+    for name, img in named:
+        if img.array.ndim != 3:
+            raise InputImageError(f"input {name!r} must be a 3D volume, got an array of shape {img.array.shape}")
+        array, warning = align_to_reference(ref_grid, img, name, ref_name)
+        if warning:
+            log.warning("%s", warning)
+            state.warnings.append(warning)
+        arrays.append(array[state.roi_box])
+    arrays = _orient(arrays, state)
+
+    if manifest.plan.get("crop_to_nonzero", True):
+        state.crop_box = _nonzero_box(arrays)
+    else:
+        state.crop_box = tuple(slice(0, n) for n in arrays[0].shape)  # type: ignore[assignment]
+    arrays = [a[state.crop_box] for a in arrays]
+    _finish_geometry(state, manifest)
+
+    specs = manifest.inputs
+    need_mask = any(s.normalization.get("nonzero_mask") for s in specs)
+    mask = None
+    if need_mask:
+        nonzero = np.zeros(arrays[0].shape, dtype=bool)
+        for a in arrays:
+            nonzero |= a != 0
+        nonzero = ndimage.binary_fill_holes(nonzero)
+        mask = resize(nonzero.astype(np.float32), state.network_shape, 0, state.separate_axis, 0) > 0.5
+
+    out = np.empty((len(arrays), *state.network_shape), dtype=np.float32)
+    for c, (a, spec) in enumerate(zip(arrays, specs)):
+        resize(a, state.network_shape, state.image_order, state.separate_axis, state.separate_z_order, out=out[c])
+        normalise(out[c], spec.normalization, mask)
+    log.info(
+        "preprocessed %d input(s): crop %s -> network grid %s at %s mm (separate axis %s)",
+        len(arrays), _box_shape(state.crop_box), state.network_shape, state.target_spacing, state.separate_axis,
+    )
+    return out, state
+
+
+# Inverse ----------------------------------------------------------------------------------
+def _to_numpy(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def _cropped_to_input(cropped: np.ndarray, state: PreprocessState, fill: float | int = 0) -> Image:
+    """An array on the crop box (oriented) -> Image on the first input's full grid."""
+    oriented = np.full(state.oriented_shape, fill, dtype=cropped.dtype)
+    oriented[state.crop_box] = cropped
+    roi_shape = _box_shape(state.roi_box)
+    if state.orientation:
+        img = sitk.GetImageFromArray(oriented)
+        # geometry of the oriented array, as DICOMOrient produced it
+        ref = state.reference
+        grid = sitk.DICOMOrient(_grid_image(np.zeros(roi_shape, np.uint8), ref, state.roi_box), state.orientation)
+        img.CopyInformation(grid)
+        back = sitk.DICOMOrient(img, state.original_orientation)
+        oriented = sitk.GetArrayFromImage(back)
+        if oriented.shape != roi_shape:  # pragma: no cover - DICOMOrient is a permutation + flips
+            raise RuntimeError(f"reorientation did not invert: {oriented.shape} vs {roi_shape}")
+    full = np.full(state.reference_shape, fill, dtype=cropped.dtype)
+    full[state.roi_box] = oriented
+    ref = state.reference
+    return Image(full, ref.spacing, ref.origin, ref.direction.copy(), meta={})
+
+
+def labels_to_input_grid(probabilities: Any, state: PreprocessState, *, with_confidence: bool = False):
+    """Class probabilities (K, D, H, W) on the network grid -> labelmap `Image` (uint8, or uint16
+    for more than 255 classes) exactly on the first input's grid; background outside the ROI and
+    the crop. With `with_confidence`, also an `Image` (float32) of the winning class's probability.
+
+    One class channel is resampled at a time with a running argmax (ties go to the lower class,
+    as argmax), so memory holds two full-size float channels, not K."""
+    probs = probabilities
+    k = int(probs.shape[0])
+    if tuple(probs.shape[1:]) != tuple(state.network_shape):
+        raise ValueError(f"probabilities of shape {tuple(probs.shape)} do not match the network grid {state.network_shape}")
+    crop_shape = _box_shape(state.crop_box)
+    dtype = np.uint8 if k <= 256 else np.uint16
+    best = np.empty(crop_shape, dtype=np.float32)
+    labels = np.zeros(crop_shape, dtype=dtype)
+    channel = np.empty(crop_shape, dtype=np.float32)
+    better = np.empty(crop_shape, dtype=bool)
+    for c in range(k):
+        p = _to_numpy(probs[c])
+        target = best if c == 0 else channel
+        resize(p, crop_shape, state.label_order, state.separate_axis, state.separate_z_order, out=target)
+        if c:
+            np.greater(channel, best, out=better)
+            np.copyto(best, channel, where=better)
+            labels[better] = c
+    del channel, better
+    label_img = _cropped_to_input(labels, state)
+    if not with_confidence:
+        return label_img
+    return label_img, _cropped_to_input(best, state, fill=0.0)
+
+
+def array_to_input_grid(array: Any, state: PreprocessState, order: int = 1, fill: float = 0.0) -> Image:
+    """One array (D, H, W) on the network grid -> float32 `Image` on the first input's grid."""
+    a = _to_numpy(array)
+    if tuple(a.shape) != tuple(state.network_shape):
+        raise ValueError(f"array of shape {a.shape} does not match the network grid {state.network_shape}")
+    cropped = resize(a, _box_shape(state.crop_box), order, state.separate_axis, state.separate_z_order)
+    return _cropped_to_input(cropped, state, fill=fill)
