@@ -14,6 +14,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import shutil
 import struct
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 Triple = tuple[float, float, float]
 
 #: Suffixes `write_image` accepts (SimpleITK picks the writer from the suffix).
-WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".nhdr", ".mha", ".mhd")
 
 #: Relative tolerance on slice distances in a DICOM series before slices count as uneven.
 SLICE_SPACING_TOLERANCE = 0.01
@@ -389,16 +390,6 @@ def image_suffix(path: str | os.PathLike[str]) -> str:
     return Path(path).suffix.lower()
 
 
-def temporary_sibling(path: str | os.PathLike[str]) -> Path:
-    """A fresh, unused path next to `path` with the same image suffix, for write-then-rename."""
-    path = Path(path)
-    suffix = image_suffix(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name[: -len(suffix)] if suffix else path.name}.partial-",
-                               suffix=suffix, dir=path.parent)
-    os.close(fd)
-    return Path(tmp)
-
-
 def write_image(image: Image, path: str | os.PathLike[str], compress: bool = True) -> Path:
     """Write `image` (format from the suffix) atomically: to a temporary file beside `path`,
     then renamed, so a failure never leaves a partial file."""
@@ -412,11 +403,11 @@ def write_image(image: Image, path: str | os.PathLike[str], compress: bool = Tru
         sitk.WriteImage(image.to_sitk(), str(path), compress)
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary_sibling(path)
+    staging = Path(tempfile.mkdtemp(prefix=".unetrpp-partial-", dir=path.parent))
     try:
+        tmp = staging / path.name
         sitk.WriteImage(image.to_sitk(), str(tmp), compress)
         os.replace(tmp, path)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(staging, ignore_errors=True)
     return path

@@ -1,0 +1,40 @@
+"""The process the Slicer module starts: `python -m unetrpp.worker ARGS` runs `unetrpp segment ARGS`
+with JSON-lines progress on stdout (one object per line, see `unetrpp.progress`).
+
+The last line is `{"event": "done", ...}` or `{"event": "error", "kind": ..., "message": ...}`.
+Exit codes as the CLI: 0 ok, 2 user error, 130 cancelled (SIGTERM or SIGINT: the run stops at the
+next sliding window and leaves no partial output), anything else a crash. Logging goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .errors import UnetrppError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .commands.segment import add_arguments
+
+    p = argparse.ArgumentParser(prog="python -m unetrpp.worker",
+                                description="unetrpp segment with JSON-lines progress (for the Slicer module)")
+    add_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .commands.segment import run
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args, force_json=True)
+    except UnetrppError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
