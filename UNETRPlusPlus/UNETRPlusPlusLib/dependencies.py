@@ -1,0 +1,96 @@
+"""Python packages the engine needs inside Slicer, and how to install them without breaking Slicer.
+
+- torch comes from the PyTorch extension (`PyTorchUtils`), which picks the build for the GPU/CUDA
+  version; only without that extension is it installed with pip (CPU build from PyPI).
+- the others are installed with `slicer.util.pip_install`, constrained so that Slicer's own
+  packages (numpy, SimpleITK, vtk) are never upgraded or replaced.
+Installing happens only after the user agreed (the Widget asks; `install` takes that answer).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+log = logging.getLogger(__name__)
+
+# import name -> pip requirement (same ranges as pyproject.toml)
+REQUIREMENTS = {
+    "torch": "torch>=2.1,<2.15",
+    "safetensors": "safetensors>=0.4,<1",
+    "monai": "monai>=1.3,<1.7",
+    "jsonschema": "jsonschema>=4.18,<5",
+    "scipy": "scipy>=1.10,<2",
+    "tqdm": "tqdm>=4.60,<5",
+}
+# Bundled with Slicer: never installed, upgraded or replaced by this module.
+PROTECTED = ("numpy", "SimpleITK", "vtk")
+
+
+def missing_packages(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> list[str]:
+    return [name for name in REQUIREMENTS if find_spec(name) is None]
+
+
+def constraints_text() -> str:
+    """pip constraints pinning Slicer's bundled packages to the installed versions."""
+    lines = []
+    for dist in PROTECTED:
+        try:
+            lines.append(f"{dist}=={importlib.metadata.version(dist)}")
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class InstallPlan:
+    torch_via_pytorchutils: bool
+    pip_requirements: list[str]
+
+    def describe(self) -> str:
+        parts = []
+        if self.torch_via_pytorchutils:
+            parts.append("PyTorch through the PyTorch extension (build matching your GPU/CUDA)")
+        if self.pip_requirements:
+            parts.append("pip: " + ", ".join(self.pip_requirements))
+        return "; ".join(parts) or "nothing"
+
+
+def plan_install(missing: list[str], have_pytorchutils: bool) -> InstallPlan:
+    torch_utils = "torch" in missing and have_pytorchutils
+    reqs = [REQUIREMENTS[m] for m in missing if not (m == "torch" and torch_utils)]
+    return InstallPlan(torch_utils, reqs)
+
+
+def pytorchutils_available() -> bool:
+    return importlib.util.find_spec("PyTorchUtils") is not None
+
+
+def install(missing: list[str], confirmed: bool) -> None:
+    """Install `missing` in Slicer's Python. `confirmed` must be the user's answer to a dialog
+    that listed `plan_install(...).describe()`; without it nothing is installed."""
+    if not missing:
+        return
+    if not confirmed:
+        raise RuntimeError("installing Python packages needs the user's consent")
+    import slicer  # noqa: PLC0415 - desktop Slicer only
+
+    plan = plan_install(missing, pytorchutils_available())
+    if plan.torch_via_pytorchutils:
+        import PyTorchUtils  # noqa: PLC0415 - provided by the PyTorch extension
+
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        if torch is None:
+            raise RuntimeError("PyTorch could not be installed by the PyTorch extension")
+    if plan.pip_requirements:
+        with tempfile.TemporaryDirectory() as tmp:
+            constraints = Path(tmp) / "slicer-constraints.txt"
+            constraints.write_text(constraints_text())
+            args = " ".join(f'"{r}"' for r in plan.pip_requirements) + f' -c "{constraints}"'
+            log.info("pip install %s", args)
+            slicer.util.pip_install(args)
