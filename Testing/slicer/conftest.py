@@ -1,6 +1,7 @@
 """Fixtures for the headless Slicer tests (slicer-core): a fresh MRML scene per test, volumes read
 from ../shared/data through storage nodes, and small real model packages (tiny UNETR++ configs with
-deterministic weights and the official manifests of a variant) installed in a private UNETRPP_HOME."""
+deterministic weights and the official manifests of a variant). UNETRPP_HOME points at a private
+folder so that no test reads or changes the user's model cache."""
 
 from __future__ import annotations
 
@@ -11,28 +12,24 @@ import pytest
 
 MODULE_DIR = Path(__file__).resolve().parents[2] / "UNETRPlusPlus"
 sys.path.insert(0, str(MODULE_DIR))  # UNETRPlusPlusLib, as Slicer puts the module folder on sys.path
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # slicer_support
 
 slicer = pytest.importorskip("slicer", reason="slicer-core is not installed (pip install -e .[dev])")
 
+from slicer_support import load_volume, make_package  # noqa: E402,F401
 
-def make_package(path: Path, variant: str, spacing=(3.0, 3.0, 3.0), patch=(16, 32, 32), stem=(2, 4, 4),
-                 name: str | None = None) -> Path:
-    """A tiny deterministic-weights package with the official manifest of `variant` (labels,
-    terminology, inputs), a coarse plan so the tests run in seconds."""
-    from support.packages import tiny_config
 
-    from unetrpp import save_package
-    from unetrpp.network import build_network
-    from unetrpp.network.deterministic import set_deterministic_weights
-    from unetrpp.official_models import official_manifest
+@pytest.fixture(scope="session", autouse=True)
+def private_model_home(tmp_path_factory):
+    import os
 
-    cfg = tiny_config(variant, patch=patch, stem=stem)
-    network = set_deterministic_weights(build_network(cfg).float())
-    manifest = official_manifest(variant, name=name or f"{variant}-tiny-test")
-    manifest["architecture"] = cfg.to_dict()
-    manifest["plan"]["target_spacing"] = list(spacing)
-    manifest["provenance"] = {"source": "deterministic-weights", "notes": "test package: output is meaningless"}
-    return save_package(network, manifest, path)
+    old = os.environ.get("UNETRPP_HOME")
+    os.environ["UNETRPP_HOME"] = str(tmp_path_factory.mktemp("unetrpp-home"))
+    yield Path(os.environ["UNETRPP_HOME"])
+    if old is None:
+        os.environ.pop("UNETRPP_HOME", None)
+    else:
+        os.environ["UNETRPP_HOME"] = old
 
 
 @pytest.fixture(scope="session")
@@ -53,12 +50,3 @@ def scene():
     yield s
     s.Clear(1)
     slicer.mrmlScene = previous
-
-
-def load_volume(scene, path: Path, name: str | None = None, cls: str = "vtkMRMLScalarVolumeNode"):
-    """Read a file (or one file of a DICOM series: ITK reads the whole series) into a new node."""
-    node = scene.AddNewNodeByClass(cls, name or Path(path).name.split(".")[0])
-    reader = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    reader.SetFileName(str(path))
-    assert reader.ReadData(node), f"could not read {path}"
-    return node
