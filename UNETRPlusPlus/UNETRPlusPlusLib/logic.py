@@ -57,6 +57,14 @@ def terminology_string(term: dict[str, Any] | None) -> str:
     )
 
 
+def set_terminology(segment: Any, term: dict[str, Any]) -> None:
+    text = terminology_string(term)
+    if hasattr(segment, "SetTerminology"):
+        segment.SetTerminology(text)
+    else:  # Slicer before the terminology API: the same string in the segment's tag
+        segment.SetTag("TerminologyEntry", text)
+
+
 def ensure_segmentation_converters() -> None:
     """Slicer's Segmentations module registers the representation converters at start-up; a bare
     slicer-core has none, and copying segmentations then fails. Register them once if missing."""
@@ -486,7 +494,7 @@ class SegmentationLogic:
             segment.SetName(label.name)
             segment.SetColor(*(c / 255.0 for c in label.color))
             if label.terminology:
-                segment.SetTerminology(terminology_string(label.terminology))
+                set_terminology(segment, label.terminology)
             segment.SetTag("UNETRPlusPlus.LabelValue", str(label.value))
             order.append(sid)
         for region in model.regions:
@@ -504,7 +512,7 @@ class SegmentationLogic:
                 oriented, seg, sid, self._segmentations_logic.MODE_REPLACE)
             segment = segmentation.GetSegment(sid)
             if region.terminology:
-                segment.SetTerminology(terminology_string(region.terminology))
+                set_terminology(segment, region.terminology)
             segment.SetTag("UNETRPlusPlus.Region", ",".join(map(str, region.labels)))
             order.append(sid)
         for index, sid in enumerate(order):
