@@ -295,26 +295,26 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def pollTask(self):
         task = self.task
-        for event in task.events[len(getattr(task, "_seen", [])):]:
-            self.state.apply_event(event)
-        task._seen = list(task.events)
-        if task.poll():
-            self.task = None
-            if task.error is not None:
-                self.state.finish_run(error=str(task.error))
+        if not task.poll():
+            return
+        self.task = None
+        if task.error is not None:
+            self.state.finish_run(error=str(task.error))
+            if task.error.kind != "cancelled":
                 slicer.util.errorDisplay(str(task.error), windowTitle="UNETR++")
-            else:
-                self.state.finish_run(message=f"Installed model at {task.installed_path}")
-                self.state.model_name = task.installed_path.name if task.installed_path else self.state.model_name
-                self.refreshModels()
-            self.updateGUI()
-            self.appendLog()
+        else:
+            self.state.finish_run(message=f"Installed model at {task.installed_path}")
+            if task.installed_path:
+                self.state.model_name = task.installed_path.name
+            self.refreshModels()
+        self.updateGUI()
+        self.appendLog()
 
     def onDownloadModel(self):
         model = self.state.model
         if model is None or self.task is not None:
             return
-        self._startTask(self.models.download(model.name))
+        self._startTask(self.models.download(model.name, on_event=self.state.apply_event))
 
     def onInstallFromFile(self):
         path = qt.QFileDialog.getOpenFileName(
@@ -326,13 +326,13 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if path.endswith("model.json"):
             path = os.path.dirname(path)
         elif os.path.splitext(path)[1].lower() in (".model", ".pth", ".pt"):
-            variant, ok = qt.QInputDialog.getItem(
+            variant = qt.QInputDialog.getItem(
                 slicer.util.mainWindow(), "Official UNETR++ checkpoint",
                 "Which official network is this checkpoint?", list(OFFICIAL_VARIANTS), 0, False)
-            if not ok:
+            if not variant:  # dialog cancelled
                 return
         try:
-            self._startTask(self.models.install_from_file(path, official_variant=variant))
+            self._startTask(self.models.install_from_file(path, official_variant=variant, on_event=self.state.apply_event))
         except ModuleError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle="UNETR++")
 
