@@ -41,7 +41,8 @@ def test_every_python_file_and_resource_is_in_cmake():
     resources = _cmake_list(text, "MODULE_PYTHON_RESOURCES")
     py_files = _module_files((".py",))
     assert py_files - set(scripts) == set(), (
-        f"add these to MODULE_PYTHON_SCRIPTS in UNETRPlusPlus/CMakeLists.txt: {sorted(py_files - set(scripts))}")
+        f"add these to MODULE_PYTHON_SCRIPTS in UNETRPlusPlus/CMakeLists.txt (python Utilities/update_module_cmake.py): "
+        f"{sorted(py_files - set(scripts))}")
     assert set(scripts) - py_files == set(), f"listed but missing: {sorted(set(scripts) - py_files)}"
     shipped = {p for p in _module_files((".png", ".ui", ".json", ".svg"), MODULE / "Resources")}
     shipped |= _module_files((".json",), MODULE / "unetrpp")

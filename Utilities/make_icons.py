@@ -1,11 +1,11 @@
 """Draws the module and extension icons (128x128 PNG): a U-shaped encoder/decoder of blocks with
-"++", over an organ-coloured segmentation blob. Run: python Resources/make_icons.py (needs Pillow)."""
+"++", over an organ-coloured segmentation blob. Run: python Utilities/make_icons.py (needs Pillow)."""
 
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-HERE = Path(__file__).resolve().parent  # Resources/
+REPO = Path(__file__).resolve().parents[1]
 
 
 def draw(size: int = 128) -> Image.Image:
@@ -29,5 +29,5 @@ def draw(size: int = 128) -> Image.Image:
 
 if __name__ == "__main__":
     icon = draw(128)
-    icon.save(HERE / "UNETRPlusPlus.png")  # extension icon
-    icon.save(HERE.parent / "UNETRPlusPlus" / "Resources" / "Icons" / "UNETRPlusPlus.png")  # module icon
+    icon.save(REPO / "Resources" / "UNETRPlusPlus.png")  # extension icon
+    icon.save(REPO / "UNETRPlusPlus" / "Resources" / "Icons" / "UNETRPlusPlus.png")  # module icon
