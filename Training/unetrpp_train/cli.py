@@ -1,0 +1,68 @@
+"""The `unetrpp-train` command. Each sub-command lives in its own module `unetrpp_train.commands.<name>`
+with `add_parser(subparsers)` that registers it and sets `func`; modules are discovered, so a new
+command needs no change here. Commands listed in ORDER come first in `--help`, any others follow
+alphabetically.
+
+Exit codes (as `unetrpp`): 0 ok; 1 no command given; 2 a user error (`UnetrppError`, message on stderr
+as `error: ...`); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import pkgutil
+import sys
+
+from unetrpp.errors import UnetrppError
+
+#: the workflow order shown by `unetrpp-train --help`
+ORDER = ["convert", "plan", "train", "evaluate", "export"]
+
+
+def command_modules() -> list[str]:
+    from . import commands
+
+    found = {m.name for m in pkgutil.iter_modules(commands.__path__) if not m.name.startswith("_")}
+    return [n for n in ORDER if n in found] + sorted(found - set(ORDER))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from unetrpp import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="unetrpp-train",
+        description="Train UNETR++ on the benchmark datasets: convert -> plan -> train -> evaluate -> export.",
+    )
+    parser.add_argument("--version", action="version", version=f"unetrpp-train {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in command_modules():
+        module = importlib.import_module(f"{__package__}.commands.{name}")
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=[logging.INFO, logging.DEBUG][min(args.verbose, 1)],
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.func(args) or 0)
+    except UnetrppError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("cancelled", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""`unetrpp-train convert DATASET SRC -o DST`: a public benchmark dataset into the converted layout.
+
+DATASET: synapse, btcv, acdc, brats (Decathlon Task01, BraTS 2021 or 2023 layout, detected), lung.
+DST receives dataset.json (written last) and cases/<id>/image_<channel>.nii.gz + label.nii.gz with the
+source geometry. Re-running an interrupted conversion resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..convert import convert
+
+    out = convert(args.dataset, args.source, args.output, overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    from ..convert import DATASETS
+
+    p = subparsers.add_parser("convert", help="convert a benchmark dataset (synapse, btcv, acdc, brats, lung)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("dataset", choices=DATASETS, metavar="DATASET", help=", ".join(DATASETS))
+    p.add_argument("source", metavar="SRC", help="the dataset as published (unpacked)")
+    p.add_argument("-o", "--output", required=True, metavar="DST", help="output folder (new, empty, or an interrupted conversion)")
+    p.add_argument("--overwrite", action="store_true", help="replace a converted dataset (or an interrupted conversion) in DST")
+    p.set_defaults(func=run)
+    return p
