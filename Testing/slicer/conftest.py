@@ -34,12 +34,18 @@ def private_model_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def synapse_pkg(tmp_path_factory) -> Path:
-    return make_package(tmp_path_factory.mktemp("slicer-pkg") / "synapse-tiny-test", "synapse")
+    return make_package(tmp_path_factory.mktemp("slicer-pkg") / "synapse-tiny-test", "synapse", spacing=(8.0, 8.0, 8.0))
+
+
+@pytest.fixture(scope="session")
+def slow_pkg(tmp_path_factory) -> Path:
+    """The same tiny network on a fine grid: minutes of work, for cancelling mid-run."""
+    return make_package(tmp_path_factory.mktemp("slicer-pkg") / "synapse-slow", "synapse", spacing=(3.0, 3.0, 3.0))
 
 
 @pytest.fixture(scope="session")
 def brats_pkg(tmp_path_factory) -> Path:
-    return make_package(tmp_path_factory.mktemp("slicer-pkg") / "brats-tiny-test", "brats", spacing=(4.0, 4.0, 4.0))
+    return make_package(tmp_path_factory.mktemp("slicer-pkg") / "brats-tiny-test", "brats", spacing=(6.0, 6.0, 6.0))
 
 
 @pytest.fixture()

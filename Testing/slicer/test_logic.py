@@ -181,7 +181,7 @@ def test_brats_four_sequences_auto_assigned_with_regions(scene, logic, data_dir,
 def test_oblique_volume_geometry(scene, logic, data_dir, tmp_path):
     from slicer_support import make_package
 
-    pkg = make_package(tmp_path / "acdc-tiny", "acdc", spacing=(4.0, 4.0, 4.0))
+    pkg = make_package(tmp_path / "acdc-tiny", "acdc", spacing=(8.0, 8.0, 8.0))
     mri = load_volume(scene, data_dir / "mr_brain" / "raw_unregistered" / "TCGA-FG-6692-t1c.nii.gz", "oblique t1c")
     direction = ijk_to_ras(mri)[:3, :3] / np.array(mri.GetSpacing())
     assert np.abs(direction - np.diag(np.diag(direction))).max() > 1e-3, "test volume should be oblique"
@@ -193,10 +193,10 @@ def test_oblique_volume_geometry(scene, logic, data_dir, tmp_path):
 
 
 # Cancel / failures: scene unchanged, temp files gone -----------------------------------------------
-def test_cancel_leaves_scene_unchanged(scene, logic, data_dir, synapse_pkg):
+def test_cancel_leaves_scene_unchanged(scene, logic, data_dir, slow_pkg):
     ct = load_volume(scene, data_dir / DATA_CT, "abdomen")
     before = scene_snapshot(scene)
-    run = logic.start(synapse_pkg, {"ct": ct}, fast=False)
+    run = logic.start(slow_pkg, {"ct": ct}, fast=False)
     deadline = time.monotonic() + TIMEOUT
     while not any(e["event"] == "progress" and e.get("stage") == "predict" for e in run.events):
         assert not run.poll(), f"finished before it could be cancelled: {run.error}"
