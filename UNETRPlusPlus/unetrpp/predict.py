@@ -1,0 +1,384 @@
+"""Sliding-window inference as the official UNETR++ (nnU-Net v1) pipeline does it.
+
+`predict_probabilities(network, volume, patch_size=...)` returns the softmax probabilities
+(K, D, H, W) of a preprocessed volume (C, D, H, W):
+
+* a volume smaller than the patch along an axis is padded with zeros (after normalisation,
+  as nnU-Net's `pad_nd_image` with constant 0: half below, the rest above) and cropped back;
+* window start positions per axis as nnU-Net's `compute_steps_for_sliding_window`: with
+  step = patch * (1 - overlap), n = ceil((size - patch) / step) + 1 windows, evenly spaced from 0
+  to size - patch and rounded to whole voxels (`window_starts`);
+* every window's softmax (averaged over all 2^n flips of the mirror axes, test-time
+  augmentation) is weighted by a Gaussian importance map (sigma = patch * sigma_scale; normalised
+  to a maximum of 1; zeros replaced by the smallest non-zero value) and accumulated; the sum is
+  divided by the accumulated weights (`gaussian_importance_map`);
+* MONAI's `sliding_window_inference` is not used: it places windows differently (fixed interval,
+  last window flush with the end) and offers no cancellation; MONAI's `compute_importance_map`
+  centres the Gaussian at (patch - 1) / 2 and clamps at 1e-3, unlike nnU-Net. The Gaussian here is
+  scipy's `gaussian_filter` of a centred impulse, as in nnU-Net.
+
+Memory: the accumulator is one float32 (K, D, H, W) tensor plus a float32 (D, H, W) weight map,
+both on the CPU whatever device runs the network (stitching on the CPU keeps GPU memory at the
+size of one batch of windows). Windows are cut from the input one batch at a time, so padding
+never copies the whole volume.
+
+Devices: "auto" picks CUDA, then Apple MPS, then the CPU (`select_device`). Autocast (float16)
+runs on CUDA only. A CUDA out-of-memory error halves the batch and retries; at batch size 1 the
+work moves to the CPU, with a warning (logged and sent as a progress "log" event).
+
+Progress: one `progress` event (stage "predict", windows done/total, ETA) per batch of windows
+through `unetrpp.progress.StepTimer`; `cancel.is_set()` is checked before every batch, and a set
+token raises `CancelledError` without touching the result.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from functools import lru_cache
+
+import numpy as np
+import torch
+from scipy import ndimage
+from torch import nn
+
+from .errors import CancelledError, UnetrppError
+from .progress import CancelToken, Event, ProgressSink, StepTimer, null_sink
+
+log = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
+
+#: Windows per forward pass when `batch_size` is None: on CUDA a few windows share one pass (an
+#: out-of-memory error halves this); on the CPU and MPS batching gains nothing and costs memory.
+DEFAULT_CUDA_BATCH = 2
+
+
+class DeviceUnavailableError(UnetrppError):
+    """The requested compute device does not exist on this machine."""
+
+
+# Devices ------------------------------------------------------------------------------------
+def _mps_available() -> bool:
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def select_device(name: str | torch.device | None = "auto") -> torch.device:
+    """The torch device for `name`: "auto" (CUDA, then MPS, then CPU), "cpu", "cuda",
+    "cuda:N" or "mps". Raises DeviceUnavailableError when the device is not usable here."""
+    if isinstance(name, torch.device):
+        text = str(name)
+    else:
+        text = (name or "auto").strip().lower()
+    if text == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if _mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise DeviceUnavailableError(
+            f"unknown device {name!r}; choose one of {', '.join(DEVICE_CHOICES)} (or cuda:N for the N-th GPU)"
+        ) from None
+    if device.type == "cpu":
+        return device
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            reason = (
+                "this PyTorch build has no CUDA support" if torch.version.cuda is None
+                else "no NVIDIA GPU or driver was found"
+            )
+            raise DeviceUnavailableError(
+                f"device {text!r} is not available: {reason}. Use --device cpu (or auto), or install a "
+                "CUDA-enabled PyTorch on a machine with an NVIDIA GPU"
+            )
+        count = torch.cuda.device_count()
+        if device.index is not None and device.index >= count:
+            raise DeviceUnavailableError(
+                f"device {text!r} is not available: this machine has {count} CUDA device(s) "
+                f"(cuda:0 to cuda:{count - 1})"
+            )
+        return device
+    if device.type == "mps":
+        if not _mps_available():
+            raise DeviceUnavailableError(
+                f"device {text!r} is not available: Apple Metal (MPS) needs macOS on Apple silicon and a "
+                "PyTorch build with MPS. Use --device cpu (or auto)"
+            )
+        return device
+    raise DeviceUnavailableError(f"unsupported device {text!r}; choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+# Window placement and weighting -------------------------------------------------------------
+def window_starts(size: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5) -> list[list[int]]:
+    """Start indices of the windows along each axis (nnU-Net's `compute_steps_for_sliding_window`
+    with step_size = 1 - overlap). `size` must be at least `patch_size` on every axis (pad first)."""
+    if not 0 <= overlap < 1:
+        raise UnetrppError(f"overlap {overlap} must be at least 0 and below 1")
+    step_fraction = 1.0 - overlap
+    starts: list[list[int]] = []
+    for n, p in zip(size, patch_size):
+        if n < p:
+            raise ValueError(f"size {tuple(size)} is smaller than the patch {tuple(patch_size)}; pad it first")
+        count = int(math.ceil((n - p) / (p * step_fraction))) + 1
+        if count > 1:
+            step = (n - p) / (count - 1)
+            starts.append([int(np.round(step * i)) for i in range(count)])
+        else:
+            starts.append([0])
+    return starts
+
+
+@lru_cache(maxsize=8)
+def _gaussian(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarray:
+    impulse = np.zeros(patch_size, dtype=np.float64)
+    impulse[tuple(p // 2 for p in patch_size)] = 1.0
+    g = ndimage.gaussian_filter(impulse, [p * sigma_scale for p in patch_size], 0, mode="constant", cval=0)
+    g = (g / g.max()).astype(np.float32)
+    g[g == 0] = g[g != 0].min()
+    g.setflags(write=False)
+    return g
+
+
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+    """nnU-Net's Gaussian importance map: an impulse at patch // 2 smoothed with sigma =
+    patch * sigma_scale (scipy, truncated at 4 sigma), scaled to a maximum of 1, float32, with
+    zeros replaced by the smallest non-zero value. Read-only (cached)."""
+    return _gaussian(tuple(int(p) for p in patch_size), float(sigma_scale))
+
+
+def padding_for(size: Sequence[int], patch_size: Sequence[int]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(padded size, padding below) for a volume smaller than the patch (nnU-Net `pad_nd_image`:
+    difference // 2 below, the rest above)."""
+    padded = tuple(max(int(n), int(p)) for n, p in zip(size, patch_size))
+    below = tuple((q - int(n)) // 2 for q, n in zip(padded, size))
+    return padded, below
+
+
+def mirror_flips(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every combination of the mirror axes (spatial axes 0, 1, 2 = D, H, W) as tensor dims of a
+    (B, C, D, H, W) batch, the identity first: 2^len(mirror_axes) entries."""
+    axes = sorted(set(int(a) for a in mirror_axes))
+    if any(a not in (0, 1, 2) for a in axes):
+        raise UnetrppError(f"mirror axes {tuple(mirror_axes)} must be spatial axes 0, 1 or 2 (D, H, W)")
+    dims = [a + 2 for a in axes]
+    return [combo for r in range(len(dims) + 1) for combo in itertools.combinations(dims, r)]
+
+
+# The network on its device --------------------------------------------------------------------
+def _network_dtype(network: nn.Module) -> torch.dtype:
+    for p in network.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _network_device(network: nn.Module) -> torch.device:
+    for p in network.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _inference_module(network: nn.Module, device: torch.device, optimize: bool) -> nn.Module:
+    """`network` moved to `device` in eval mode, wrapped by the fast inference path
+    (unetrpp.network.fast) when that module is present and applies."""
+    network.to(device).eval()
+    if not optimize or device.type not in ("cpu", "cuda"):
+        return network
+    try:
+        from .network.fast import optimize_for_inference
+    except ImportError:
+        return network
+    from .network import UNETRPP
+
+    if not isinstance(network, UNETRPP):
+        return network
+    try:
+        return optimize_for_inference(network)
+    except Exception as exc:  # the faithful network always works; never fail on the fast path
+        log.warning("fast inference path unavailable (%s); using the standard network", exc)
+        return network
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+class _Runner:
+    """Runs batches of windows through the network with mirroring and softmax; owns the device,
+    the batch size and the fall-backs after CUDA out-of-memory errors."""
+
+    def __init__(self, network: nn.Module, device: torch.device, amp: bool, flips: list[tuple[int, ...]],
+                 gaussian: np.ndarray, batch_size: int, optimize: bool, sink: ProgressSink) -> None:
+        self.network = network
+        self.optimize = optimize
+        self.flips = flips
+        self.gaussian_cpu = torch.from_numpy(np.array(gaussian))
+        self.batch_size = batch_size
+        self.sink = sink
+        self._use(device, amp)
+
+    def _use(self, device: torch.device, amp: bool) -> None:
+        self.device = device
+        self.amp = bool(amp) and device.type == "cuda"
+        self.module = _inference_module(self.network, device, self.optimize)
+        self.dtype = _network_dtype(self.network)
+        self.gaussian = self.gaussian_cpu.to(device)
+
+    def _warn(self, message: str) -> None:
+        log.warning("%s", message)
+        self.sink(Event("log", level="warning", message=message))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean softmax over the flips, times the Gaussian: (B, K, *patch) float32 on the CPU."""
+        x = x.to(self.device, dtype=self.dtype, non_blocking=True)
+        total: torch.Tensor | None = None
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
+            for dims in self.flips:
+                out = self.module(torch.flip(x, dims) if dims else x)
+                if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head
+                    out = out[0]
+                prob = torch.softmax(out.float(), dim=1)
+                if dims:
+                    prob = torch.flip(prob, dims)
+                total = prob if total is None else total.add_(prob)
+                del out
+        assert total is not None
+        total.mul_(self.gaussian / len(self.flips))
+        return total.cpu()
+
+    def __call__(self, windows: torch.Tensor) -> torch.Tensor:
+        """Predict all windows of `windows` (B, C, *patch), splitting them into chunks of the
+        current batch size; retries smaller batches, then the CPU, after CUDA out of memory."""
+        outputs: list[torch.Tensor] = []
+        i = 0
+        while i < windows.shape[0]:
+            chunk = windows[i:i + self.batch_size]
+            try:
+                with torch.inference_mode():
+                    outputs.append(self._forward(chunk))
+            except Exception as exc:
+                if not (self.device.type == "cuda" and _is_out_of_memory(exc)):
+                    raise
+                torch.cuda.empty_cache()
+                if self.batch_size > 1:
+                    self.batch_size = max(1, self.batch_size // 2)
+                    self._warn(f"GPU out of memory: retrying with {self.batch_size} window(s) per batch")
+                else:
+                    self._warn(
+                        f"GPU out of memory even for one window of {tuple(chunk.shape[2:])}: continuing on the "
+                        "CPU (slower). Close other GPU programs or choose --device cpu"
+                    )
+                    self._use(torch.device("cpu"), amp=False)
+                continue
+            i += chunk.shape[0]
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+# Sliding window ---------------------------------------------------------------------------------
+def _window_slices(start: Sequence[int], below: Sequence[int], size: Sequence[int],
+                   patch_size: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """For a window starting at `start` in the padded volume: the slices of the (unpadded)
+    volume it covers, and the matching slices inside the window."""
+    src, dst = [], []
+    for s, b, n, p in zip(start, below, size, patch_size):
+        lo, hi = s - b, s - b + p  # the window in volume coordinates
+        a, e = max(lo, 0), min(hi, n)
+        src.append(slice(a, e))
+        dst.append(slice(a - lo, e - lo))
+    return tuple(src), tuple(dst)
+
+
+def predict_probabilities(
+    network: nn.Module,
+    volume: torch.Tensor | np.ndarray,
+    *,
+    patch_size: Sequence[int],
+    overlap: float = 0.5,
+    mirror_axes: Sequence[int] = (0, 1, 2),
+    sigma_scale: float = 0.125,
+    batch_size: int | None = None,
+    device: str | torch.device = "auto",
+    amp: bool = True,
+    sink: ProgressSink = null_sink,
+    cancel: CancelToken | None = None,
+    optimize: bool = True,
+) -> torch.Tensor:
+    """Softmax probabilities (K, D, H, W), float32 on the CPU, of a preprocessed `volume`
+    (C, D, H, W) by sliding-window inference with Gaussian weighting and mirroring (see the module
+    docstring). `mirror_axes=()` turns test-time augmentation off (`--fast`). `optimize=False`
+    runs the faithful network instead of the fast inference path (unetrpp.network.fast).
+    The network is returned to its original device afterwards."""
+    volume = torch.as_tensor(volume)
+    if volume.dim() != 4:
+        raise ValueError(f"volume must be (channels, D, H, W), got shape {tuple(volume.shape)}")
+    patch = tuple(int(p) for p in patch_size)
+    if len(patch) != 3 or min(patch) < 1:
+        raise ValueError(f"patch_size must be three positive sizes (D, H, W), got {tuple(patch_size)}")
+    if batch_size is not None and batch_size < 1:
+        raise UnetrppError(f"batch size {batch_size} must be at least 1")
+    flips = mirror_flips(mirror_axes)
+    dev = select_device(device)
+    size = tuple(int(n) for n in volume.shape[1:])
+    padded, below = padding_for(size, patch)
+    starts = list(itertools.product(*window_starts(padded, patch, overlap)))
+    gaussian = gaussian_importance_map(patch, sigma_scale)
+    gaussian_t = torch.from_numpy(np.array(gaussian))
+    if batch_size is None:
+        batch_size = DEFAULT_CUDA_BATCH if dev.type == "cuda" else 1
+    batch_size = min(batch_size, len(starts))
+    log.info(
+        "sliding window: %d window(s) of %s over %s (padded %s), %d flip(s), batch %d, device %s%s",
+        len(starts), patch, size, padded, len(flips), batch_size, dev, ", AMP" if amp and dev.type == "cuda" else "",
+    )
+
+    home = _network_device(network)
+    runner = _Runner(network, dev, amp, flips, gaussian, batch_size, optimize, sink)
+    channels = volume.shape[0]
+    accumulator: torch.Tensor | None = None
+    weights = torch.zeros(size, dtype=torch.float32)
+    timer = StepTimer("predict", len(starts), sink)
+    try:
+        for first in range(0, len(starts), batch_size):
+            if cancel is not None and cancel.is_set():
+                raise CancelledError("segmentation cancelled by the user")
+            batch = starts[first:first + batch_size]
+            regions = [_window_slices(s, below, size, patch) for s in batch]
+            windows = torch.zeros((len(batch), channels, *patch), dtype=torch.float32)
+            for w, (src, dst) in zip(windows, regions):
+                w[(slice(None), *dst)] = volume[(slice(None), *src)]
+            predicted = runner(windows)
+            del windows
+            if accumulator is None:
+                accumulator = torch.zeros((predicted.shape[1], *size), dtype=torch.float32)
+            for pred, (src, dst) in zip(predicted, regions):
+                accumulator[(slice(None), *src)] += pred[(slice(None), *dst)]
+                weights[src] += gaussian_t[dst]
+            del predicted
+            timer.step(len(batch))
+    finally:
+        if _network_device(network) != home:
+            network.to(home)
+    assert accumulator is not None
+    accumulator /= weights
+    return accumulator
+
+
+__all__ = [
+    "DEVICE_CHOICES",
+    "DeviceUnavailableError",
+    "gaussian_importance_map",
+    "mirror_flips",
+    "padding_for",
+    "predict_probabilities",
+    "select_device",
+    "window_starts",
+]
