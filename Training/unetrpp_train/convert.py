@@ -349,6 +349,12 @@ def convert(dataset: str, src: str | Path, dst: str | Path, overwrite: bool = Fa
     dupes = sorted({c for c in ids if ids.count(c) > 1})
     if dupes:
         raise ConversionError(f"case ids occur twice in {src}: {', '.join(dupes)}")
+    for case in cases:  # missing files are reported before anything is written
+        for name, ref in case.images.items():
+            if not ref.path.is_file():
+                raise ConversionError(f"case {case.case_id}: {name} file {ref.path} is missing")
+        if not case.label.is_file():
+            raise ConversionError(f"case {case.case_id}: label file {case.label} is missing")
     writer = DatasetWriter(dst, spec, overwrite=overwrite)
     if not writer.begin():
         return dst / "dataset.json"

@@ -311,7 +311,7 @@ class DatasetWriter:
             self._clean()
         elif (dst / MARKER_FILE).is_file():
             old = _read_json(dst / MARKER_FILE)
-            if old == marker and not self.overwrite:
+            if {k: old.get(k) for k in marker} == marker and not self.overwrite:
                 done = sorted(p.name for p in (dst / CASES_DIR).glob("*") if p.is_dir() and not p.name.startswith("."))
                 log.warning("%s holds an interrupted conversion: resuming (%d case(s) already complete)", dst, len(done))
             elif self.overwrite:
