@@ -87,10 +87,58 @@ def normalise(array: np.ndarray, norm: dict[str, Any], mask: np.ndarray | None =
     return a
 
 
+def _engine_manifest(plan: dict[str, Any]) -> Any:
+    """A minimal valid manifest carrying the plan and inputs, for the engine's preprocessing."""
+    from unetrpp.manifest import Manifest
+
+    return Manifest({
+        "schema_version": 1, "name": "training-preprocessing", "version": "0.0.0", "license": "n/a",
+        "architecture": {"variant": "custom", "in_channels": len(plan["inputs"]), "out_channels": 2,
+                         "patch_size": [16, 32, 32], "stem_kernel": [2, 4, 4]},
+        "inputs": plan["inputs"], "plan": plan["plan"],
+        "labels": [{"value": 1, "name": "foreground", "color": [255, 0, 0]}],
+        "inference": {}, "provenance": {"source": "training"},
+        "weights": {"file": "weights.safetensors", "sha256": "0" * 64},
+    })
+
+
+def _engine_preprocess(images: Sequence[Any], label: Any, plan: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The engine's forward transform (the one inference uses) for the images; each label's mask
+    goes through the same geometric transform with the plan's label order, then argmax."""
+    import SimpleITK as sitk
+    from unetrpp import preprocess as engine
+    from unetrpp.image import Image
+
+    manifest = _engine_manifest(plan)
+    named = {}
+    for spec, img in zip(manifest.inputs, images):
+        named[spec.name] = Image(sitk.GetArrayFromImage(img), tuple(img.GetSpacing()), tuple(img.GetOrigin()),
+                                 np.asarray(img.GetDirection(), dtype=float).reshape(3, 3))
+    array, state = engine.preprocess(named, manifest)
+    lab = sitk.GetArrayFromImage(label)
+    out = np.zeros(array.shape[1:], dtype=np.uint8 if lab.max() < 256 else np.int16)
+    if not state.resampled:
+        return array, engine.forward_array(lab.astype(np.float32), state, order=0).round().astype(out.dtype)
+    best = np.full(out.shape, 0.5, dtype=np.float32)
+    for v in (int(v) for v in np.unique(lab) if v != 0):
+        m = engine.forward_array((lab == v).astype(np.float32), state, order=state.label_order)
+        take = m > best
+        out[take] = v
+        best[take] = m[take]
+    return array, out
+
+
 def preprocess_training_case(images: Sequence[Any], label: Any, plan: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
     """images: SimpleITK images (one per input, same grid); label: SimpleITK image.
     Returns (C, D, H, W) float32 and (D, H, W) label array on the plan's grid."""
     import SimpleITK as sitk
+
+    try:
+        import unetrpp.preprocess  # noqa: F401
+    except ImportError:
+        log.warning("unetrpp.preprocess is not available: using the training package's own preprocessing")
+    else:
+        return _engine_preprocess(images, label, plan)
 
     p = plan["plan"]
     inputs = plan["inputs"]

@@ -199,18 +199,21 @@ def train(
     resume: bool = False,
     device: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
+    init_from: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
+    """Train (or, with `resume`, continue) a run. `init_from`: a checkpoint whose model weights
+    start a new run (fine-tuning); optimizer, schedule and step start fresh."""
     run_dir = Path(run_dir)
     ddp, dev = setup_distributed(device)
     try:
-        return _train(cfg, Path(data_dir), run_dir, resume, ddp, dev, cache_dir)
+        return _train(cfg, Path(data_dir), run_dir, resume, ddp, dev, cache_dir, init_from)
     finally:
         if ddp.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: Dist, dev: torch.device,
-           cache_dir: str | os.PathLike[str] | None) -> TrainResult:
+           cache_dir: str | os.PathLike[str] | None, init_from: str | os.PathLike[str] | None = None) -> TrainResult:
     info = read_dataset(data_dir)
     plan = read_plan(data_dir)
     net_cfg = network_config(cfg, info, plan)
@@ -223,6 +226,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     ckpt_path = run_dir / LATEST
 
     checkpoint = None
+    partial: dict[str, Any] = {}
     if resume:
         if not ckpt_path.is_file():
             raise TrainingError(f"cannot resume: {ckpt_path} does not exist")
@@ -256,6 +260,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
             "plan": plan,
             "code_version": code_version(),
             "world_size": ddp.world,
+            "init_from": str(Path(init_from).resolve()) if init_from else None,
             "device": str(dev),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
@@ -272,6 +277,9 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     # Same initial weights everywhere; then per-rank RNG streams (dropout).
     torch.manual_seed(cfg.seed)
     network = build_network(net_cfg, deep_supervision=True).to(dev)
+    if init_from and checkpoint is None:
+        network.load_state_dict(load_checkpoint(Path(init_from))["model"])
+        log.info("initial weights from %s", init_from)
     random.seed(cfg.seed + ddp.rank)
     np.random.seed(cfg.seed + ddp.rank)
     torch.manual_seed(cfg.seed + 1000 * ddp.rank)
@@ -294,6 +302,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         scaler.load_state_dict(checkpoint["scaler"])
         start_step = int(checkpoint["next_step"])
         history = list(checkpoint.get("history", []))
+        partial = checkpoint.get("epoch_partial", {})
         states = checkpoint["rng"]
         if len(states) == ddp.world:
             _set_rng_state(states[ddp.rank])
@@ -350,6 +359,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
                 "network": net_cfg.to_dict(),
                 "world_size": ddp.world,
                 "history": history,
+                "epoch_partial": {"losses": list(epoch_loss), "wait": epoch_wait, "time": epoch_time},
             }, path)
             log.info("checkpoint %s (step %d)", path, next_step)
         ddp.barrier()
@@ -358,8 +368,15 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     network.train()
     t_start = time.perf_counter()
     wait_total = step_total = 0.0
-    epoch_loss: list[float] = []
-    epoch_wait = epoch_time = 0.0
+    # A resumed epoch continues the running sums of the interrupted one (same epoch record).
+    epoch_loss: list[float] = list(partial.get("losses", []))
+    epoch_wait = float(partial.get("wait", 0.0))
+    epoch_time = float(partial.get("time", 0.0))
+    if ddp.is_main and checkpoint is not None:
+        # Forget epochs logged after the checkpoint by the interrupted process.
+        tmp = run_dir / ".metrics.jsonl.tmp"
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
+        os.replace(tmp, run_dir / "metrics.jsonl")
     steps_done = 0
     last_loss = float("nan")
     batches = iter(loader)

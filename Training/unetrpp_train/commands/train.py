@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--no-augment", action="store_true", help="disable data augmentation")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to RUNDIR/tensorboard")
+    p.add_argument("--init-from", metavar="CHECKPOINT", help="start from the model weights of this checkpoint (fine-tuning)")
     p.add_argument("--cache-dir", help="where preprocessed arrays are cached (default DST/preprocessed/<plan hash>)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override any recipe setting, e.g. --set oversample_foreground=0.5 --set augment.gamma_prob=0")
@@ -90,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         log.setLevel(logging.INFO)  # progress with ETA is the point of this command
     cfg = apply_overrides(load_config(args.config), args)
-    result = train(cfg, args.data, args.output, resume=args.resume, device=args.device, cache_dir=args.cache_dir)
+    result = train(cfg, args.data, args.output, resume=args.resume, device=args.device, cache_dir=args.cache_dir,
+                   init_from=args.init_from)
     log.info("done: %d steps, %.2f it/s, data wait %.0f%% of the step time, peak memory %.0f MB; run folder %s",
              result.steps, result.iterations_per_s, 100 * result.data_wait_share, result.peak_memory_mb, result.run_dir)
     return 0

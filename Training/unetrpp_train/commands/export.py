@@ -1,0 +1,76 @@
+"""`unetrpp-train export RUNDIR -o PACKAGE`: turn a training run into a model package + model card."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger("unetrpp_train")
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", metavar="RUNDIR", help="training run folder (run.json + checkpoints)")
+    p.add_argument("-o", "--output", required=True, metavar="PACKAGE", help="package folder, or a .zip file")
+    p.add_argument("--name", help="package id (lower-case, e.g. synapse-unetrpp)")
+    p.add_argument("--version", default="1.0.0")
+    p.add_argument("--title")
+    p.add_argument("--description")
+    p.add_argument("--license", dest="license_text", help="licence text for the manifest")
+    p.add_argument("--metrics", metavar="JSON", help="metrics file to record, e.g. the output of `unetrpp-train evaluate` "
+                   "or {\"dice\": {\"liver\": 0.95, ...}}")
+    p.add_argument("--notes", help="provenance notes")
+    p.add_argument("--card-extra", metavar="FILE", help="Markdown inserted near the top of the model card")
+    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights precision in the package")
+    p.add_argument("--checkpoint", default="final", help="final (default; latest if the run has not finished), latest, or a file name")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import DEFAULT_LICENSE, export_run
+
+    if logging.getLogger().level > logging.INFO:
+        log.setLevel(logging.INFO)
+    metrics: dict[str, Any] | None = None
+    if args.metrics:
+        metrics = json.loads(Path(args.metrics).read_text())
+    extra = Path(args.card_extra).read_text() if args.card_extra else None
+    out = export_run(args.run, args.output, name=args.name, version=args.version, title=args.title,
+                     description=args.description, license_text=args.license_text or DEFAULT_LICENSE,
+                     metrics=metrics, notes=args.notes, card_extra=extra, dtype=_DTYPES[args.dtype],
+                     checkpoint=args.checkpoint, overwrite=args.overwrite)
+    print(out)
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help="export a training run as a model package with a model card",
+                              description=__doc__)
+    add_arguments(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from unetrpp.errors import UnetrppError
+
+    parser = argparse.ArgumentParser(prog="unetrpp-train export", description=__doc__)
+    add_arguments(parser)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return run(args)
+    except UnetrppError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
