@@ -1,0 +1,242 @@
+"""Sliding-window inference (unetrpp.predict) with real, tiny UNETR++ networks (deterministic
+weights) on the CPU: window placement as nnU-Net, Gaussian weighting, mirroring, padding,
+batching, progress, cancellation and device choice."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from unetrpp.errors import CancelledError, UnetrppError
+from unetrpp.network import NetworkConfig, build_network
+from unetrpp.network.deterministic import deterministic_input, set_deterministic_weights
+from unetrpp.predict import (
+    DeviceUnavailableError,
+    gaussian_importance_map,
+    mirror_flips,
+    padding_for,
+    predict_probabilities,
+    select_device,
+    window_starts,
+)
+
+PATCH = (8, 8, 8)
+K = 3
+
+
+@pytest.fixture(scope="module")
+def net() -> torch.nn.Module:
+    """A tiny real UNETR++ (patch 8^3, 3 classes) with deterministic weights."""
+    torch.manual_seed(0)
+    cfg = NetworkConfig(
+        in_channels=1, out_channels=K, patch_size=PATCH, stem_kernel=(1, 1, 1), feature_size=4,
+        depths=(1, 1, 1, 1), proj_sizes=(8, 8, 8, 4), decoder_proj_size=8, decoder_depth=1,
+    )
+    return set_deterministic_weights(build_network(cfg).float()).eval()
+
+
+def volume(shape: tuple[int, ...]) -> torch.Tensor:
+    """A deterministic, non-symmetric input volume (1, *shape) with a strong structure."""
+    x = deterministic_input((1, *shape), dtype=torch.float32) * 3
+    z, y, w = torch.meshgrid(*(torch.arange(n, dtype=torch.float32) for n in shape), indexing="ij")
+    return x + torch.sin(0.7 * z + 0.3 * y * y / (shape[1] + 1) - 0.5 * w)[None]
+
+
+def direct_softmax(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.softmax(net(x[None]).float(), dim=1)[0]
+
+
+# Window placement -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size,patch,overlap", [
+    ((20, 50, 40), (16, 32, 32), 0.5),
+    ((64, 128, 128), (64, 128, 128), 0.5),
+    ((200, 511, 512), (64, 128, 128), 0.5),
+    ((97, 33, 150), (32, 32, 64), 0.25),
+    ((301, 9, 17), (8, 8, 8), 0.0),
+])
+def test_window_starts_follow_nnunet_and_cover_the_volume(size, patch, overlap):
+    starts = window_starts(size, patch, overlap)
+    for n, p, s in zip(size, patch, starts):
+        expected_count = math.ceil((n - p) / (p * (1 - overlap))) + 1
+        assert len(s) == expected_count
+        assert s[0] == 0 and s[-1] == n - p
+        if expected_count > 1:
+            step = (n - p) / (expected_count - 1)
+            assert s == [int(np.round(step * i)) for i in range(expected_count)]
+            assert max(np.diff(s)) <= p * (1 - overlap) + 1e-9  # never a larger step than asked
+        covered = np.zeros(n, bool)
+        for a in s:
+            covered[a:a + p] = True
+        assert covered.all()
+
+
+def test_window_starts_known_values():
+    # nnU-Net v1 compute_steps_for_sliding_window((16, 32, 32), (20, 50, 40), 0.5)
+    assert window_starts((20, 50, 40), (16, 32, 32), 0.5) == [[0, 4], [0, 9, 18], [0, 8]]
+    assert window_starts((512,), (128,), 0.5) == [[0, 64, 128, 192, 256, 320, 384]]
+    with pytest.raises(UnetrppError):
+        window_starts((20,), (8,), 1.0)
+
+
+def test_padding_like_nnunet():
+    assert padding_for((5, 8, 3), (8, 8, 8)) == ((8, 8, 8), (1, 0, 2))
+    assert padding_for((20, 7, 9), (8, 8, 8)) == ((20, 8, 9), (0, 0, 0))
+
+
+def test_gaussian_importance_map():
+    g = gaussian_importance_map((16, 32, 24), 0.125)
+    assert g.dtype == np.float32 and g.shape == (16, 32, 24)
+    assert g.max() == pytest.approx(1.0) and np.unravel_index(g.argmax(), g.shape) == (8, 16, 12)
+    # closed form of a sampled Gaussian (no truncation within the patch at sigma = patch / 8)
+    axes = [np.exp(-((np.arange(p) - p // 2) ** 2) / (2 * (p * 0.125) ** 2)) for p in g.shape]
+    closed = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    np.testing.assert_allclose(g, closed, rtol=1e-4, atol=1e-6)
+    # truncated at 4 sigma: zeros become the smallest non-zero value
+    t = gaussian_importance_map((64, 64, 64), 0.05)
+    assert (t > 0).all()
+    assert t[0, 0, 0] == t.min() and t.min() < 1e-3
+
+
+def test_mirror_flips():
+    assert mirror_flips(()) == [()]
+    assert len(mirror_flips((0, 1, 2))) == 8 and len(set(mirror_flips((0, 1, 2)))) == 8
+    assert mirror_flips((2, 0)) == [(), (2,), (4,), (2, 4)]
+    with pytest.raises(UnetrppError):
+        mirror_flips((3,))
+
+
+# Predictions -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("optimize", [False, True])
+def test_one_patch_is_one_forward_plus_softmax(net, optimize):
+    x = volume(PATCH)
+    p = predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(), device="cpu", optimize=optimize)
+    assert p.dtype == torch.float32 and p.device.type == "cpu" and p.shape == (K, *PATCH)
+    torch.testing.assert_close(p, direct_softmax(net, x), rtol=0, atol=1e-5 if optimize else 1e-6)
+
+
+def test_mirroring_averages_all_flips_and_is_flip_equivariant(net):
+    x = volume(PATCH)
+    p = predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(0, 1, 2), device="cpu", optimize=False)
+    manual = torch.zeros_like(p)
+    for r in range(4):
+        for dims in itertools.combinations((1, 2, 3), r):
+            manual += torch.flip(direct_softmax(net, torch.flip(x, dims) if dims else x), dims) / 8
+    torch.testing.assert_close(p, manual, rtol=0, atol=1e-6)
+    # flip-symmetric setup: averaging over every flip makes the prediction commute with flips
+    flipped = predict_probabilities(net, torch.flip(x, (1, 3)), patch_size=PATCH, device="cpu", optimize=False)
+    torch.testing.assert_close(flipped, torch.flip(p, (1, 3)), rtol=0, atol=1e-6)
+    # ... which the network alone does not do (so the check above means something)
+    plain = predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(), device="cpu", optimize=False)
+    plain_flipped = predict_probabilities(net, torch.flip(x, (1, 3)), patch_size=PATCH, mirror_axes=(),
+                                          device="cpu", optimize=False)
+    assert (plain_flipped - torch.flip(plain, (1, 3))).abs().max() > 1e-3
+
+
+def test_volume_smaller_than_patch_is_padded_with_zeros_and_cropped(net):
+    x = volume((5, 8, 3))
+    p = predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(), device="cpu", optimize=False)
+    assert p.shape == (K, 5, 8, 3)
+    padded = torch.zeros((1, *PATCH))
+    padded[:, 1:6, 0:8, 2:5] = x  # nnU-Net: difference // 2 below, the rest above
+    torch.testing.assert_close(p, direct_softmax(net, padded)[:, 1:6, 0:8, 2:5], rtol=0, atol=1e-6)
+
+
+def reference_sliding_window(net, x, patch, overlap, sigma_scale=0.125):
+    """nnU-Net's scheme written plainly: pad the whole volume, full-size accumulators, crop."""
+    size = x.shape[1:]
+    padded_size, below = padding_for(size, patch)
+    padded = torch.zeros((x.shape[0], *padded_size))
+    padded[(slice(None), *(slice(b, b + n) for b, n in zip(below, size)))] = x
+    g = torch.from_numpy(np.array(gaussian_importance_map(patch, sigma_scale)))
+    acc = torch.zeros((K, *padded_size), dtype=torch.float64)
+    weight = torch.zeros((K, *padded_size), dtype=torch.float64)
+    for s in itertools.product(*window_starts(padded_size, patch, overlap)):
+        sl = tuple(slice(a, a + p) for a, p in zip(s, patch))
+        acc[(slice(None), *sl)] += direct_softmax(net, padded[(slice(None), *sl)]) * g
+        weight[(slice(None), *sl)] += g
+    out = acc / weight
+    return out[(slice(None), *(slice(b, b + n) for b, n in zip(below, size)))].float()
+
+
+def test_stitching_matches_nnunet_reference_and_sums_to_one(net):
+    x = volume((6, 19, 13))  # padded along z, several windows along y and x
+    p = predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(), device="cpu", optimize=False)
+    assert p.shape == (K, 6, 19, 13)
+    torch.testing.assert_close(p, reference_sliding_window(net, x, PATCH, 0.5), rtol=0, atol=1e-6)
+    torch.testing.assert_close(p.sum(0), torch.ones(p.shape[1:]), rtol=0, atol=1e-5)
+    assert p.min() >= 0 and p.max() <= 1
+
+
+def test_batches_give_the_same_result(net):
+    x = volume((12, 14, 16))  # 2 x 3 x 3 = 18 windows
+    one = predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(1,), batch_size=1, device="cpu")
+    four = predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(1,), batch_size=4, device="cpu")
+    torch.testing.assert_close(four, one, rtol=0, atol=1e-5)
+
+
+def test_float64_network_and_numpy_input(net):
+    net64 = set_deterministic_weights(build_network(net.config).double()).eval()
+    x = volume(PATCH)
+    p = predict_probabilities(net64, x.double().numpy(), patch_size=PATCH, mirror_axes=(), device="cpu")
+    assert p.dtype == torch.float32
+    with torch.no_grad():
+        expected = torch.softmax(net64(x.double()[None]), 1)[0].float()
+    torch.testing.assert_close(p, expected, rtol=0, atol=1e-6)
+
+
+# Progress, cancellation, devices ---------------------------------------------------------------------
+def test_progress_counts_windows_with_finite_eta(net):
+    events = []
+    x = volume((16, 8, 15))  # 3 x 1 x 3 = 9 windows
+    predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(), batch_size=2, device="cpu", sink=events.append)
+    progress = [e for e in events if e.event == "progress"]
+    assert [e.done for e in progress] == [2, 4, 6, 8, 9]
+    assert all(e.total == 9 and e.stage == "predict" for e in progress)
+    assert all(e.eta_s is not None and math.isfinite(e.eta_s) and e.eta_s >= 0 for e in progress)
+    assert progress[-1].eta_s == 0 and progress[-1].fraction == 1.0
+
+
+def test_cancel_stops_between_windows(net):
+    cancel = threading.Event()
+    events = []
+
+    def sink(event):
+        events.append(event)
+        if sum(e.event == "progress" for e in events) == 3:
+            cancel.set()
+
+    x = volume((12, 14, 16))  # 18 windows
+    with pytest.raises(CancelledError):
+        predict_probabilities(net, x, patch_size=PATCH, mirror_axes=(), device="cpu", sink=sink, cancel=cancel)
+    assert [e.done for e in events if e.event == "progress"] == [1, 2, 3]  # no window after the cancel
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_a_clear_error(net):
+    with pytest.raises(DeviceUnavailableError, match=r"'cuda' is not available.*--device cpu"):
+        select_device("cuda")
+    with pytest.raises(DeviceUnavailableError):
+        predict_probabilities(net, volume(PATCH), patch_size=PATCH, device="cuda")
+    with pytest.raises(DeviceUnavailableError, match="unknown device"):
+        select_device("tpu")
+    assert isinstance(DeviceUnavailableError("x"), UnetrppError)  # CLI exit code 2
+
+
+def test_auto_device_and_cpu():
+    expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
+    assert select_device("auto").type == expected
+    assert select_device("CPU") == torch.device("cpu")
+    assert select_device(torch.device("cpu")) == torch.device("cpu")
+
+
+def test_bad_arguments(net):
+    with pytest.raises(ValueError, match="channels, D, H, W"):
+        predict_probabilities(net, torch.zeros(8, 8, 8), patch_size=PATCH, device="cpu")
+    with pytest.raises(UnetrppError, match="overlap"):
+        predict_probabilities(net, volume(PATCH), patch_size=PATCH, overlap=1.0, device="cpu")
