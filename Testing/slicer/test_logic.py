@@ -68,6 +68,7 @@ def test_ct_segmentation_names_colours_terminology_geometry_table(scene, logic, 
     events = []
     run = logic.start(synapse_pkg, {"ct": ct}, fast=True, on_event=events.append)
     result = run.wait(timeout=TIMEOUT)
+    after = scene_snapshot(scene)  # before the test's own exports (they add colour tables)
     assert not run.workdir.exists()
 
     seg = result.segmentation_node
@@ -94,14 +95,13 @@ def test_ct_segmentation_names_colours_terminology_geometry_table(scene, logic, 
     voxel_ml = np.prod(ct.GetSpacing()) / 1000.0
     for row, entry in enumerate(report["segments"]):
         assert table.GetCellText(row, 0) == entry["name"]
-        assert float(table.GetCellText(row, 3)) == pytest.approx(entry["volume_ml"], rel=1e-6)
+        assert table.GetTable().GetValue(row, 3).ToDouble() == pytest.approx(entry["volume_ml"], rel=1e-9)
         sid = next(sid for sid, s in got if s.GetName() == entry["name"])
         n = int(slicer.util.arrayFromVolume(export_labelmap(seg, ct, [sid])).astype(bool).sum())
         assert n == entry["voxels"] and entry["volume_ml"] == pytest.approx(n * voxel_ml, rel=1e-4)
     assert arr.any(), "deterministic weights should label some voxels"
 
     # only the new nodes were added; progress reached the GUI with stages in order
-    after = scene_snapshot(scene)
     assert after[: len(before)] == before
     added = {cls for _, cls, _ in after[len(before):]}
     assert added <= {"vtkMRMLSegmentationNode", "vtkMRMLSegmentationDisplayNode", "vtkMRMLTableNode"}
@@ -129,26 +129,33 @@ def test_ct_segmentation_names_colours_terminology_geometry_table(scene, logic, 
     assert names_back
 
 
-def test_dicom_series_and_rerun_replaces_the_chosen_output(scene, logic, data_dir, synapse_pkg):
+def test_dicom_series_geometry(scene, logic, data_dir, synapse_pkg):
     series = sorted((data_dir / "ct_dicom" / "example_ct_dicom").iterdir())
     ct = load_volume(scene, series[0], "CT DICOM")
     assert ct.GetImageData().GetDimensions()[2] == len(series)  # the whole series, not one slice
-    first = logic.segment(synapse_pkg, {"ct": ct}, fast=True, timeout=TIMEOUT)
-    seg = first.segmentation_node
+    seg = logic.segment(synapse_pkg, {"ct": ct}, fast=True, timeout=TIMEOUT).segmentation_node
     exported = export_labelmap(seg, ct)
     assert exported.GetImageData().GetDimensions() == ct.GetImageData().GetDimensions()
     assert np.allclose(ijk_to_ras(exported), ijk_to_ras(ct), atol=1e-5)
+    assert seg.GetSegmentation().GetNumberOfSegments() == 13
+
+
+def test_rerun_replaces_the_chosen_output_and_loads_probabilities(scene, logic, data_dir, synapse_pkg):
+    ct = load_volume(scene, data_dir / DATA_CT, "abdomen")
+    seg = logic.segment(synapse_pkg, {"ct": ct}, fast=True, timeout=TIMEOUT).segmentation_node
+    seg.GetSegmentation().AddEmptySegment("", "my own segment")
     n_seg_nodes = scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
     second = logic.segment(synapse_pkg, {"ct": ct}, output_node=seg, fast=True, probabilities=True, timeout=TIMEOUT)
     assert second.segmentation_node is seg
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == n_seg_nodes
-    assert seg.GetSegmentation().GetNumberOfSegments() == 13
+    names = [s.GetName() for _, s in segments(seg)]
+    assert len(names) == 13 and "my own segment" not in names
     prob = second.probability_node
     assert prob is not None and prob.GetScene() is scene
     assert prob.GetImageData().GetDimensions() == ct.GetImageData().GetDimensions()
     assert np.allclose(ijk_to_ras(prob), ijk_to_ras(ct), atol=1e-5)
     p = slicer.util.arrayFromVolume(prob)
-    assert 0.0 <= p.min() and p.max() <= 1.0 + 1e-6
+    assert 0.0 <= p.min() and p.max() <= 1.0 + 1e-6 and p.max() > 0
 
 
 def test_brats_four_sequences_auto_assigned_with_regions(scene, logic, data_dir, brats_pkg):
