@@ -240,3 +240,35 @@ def test_bad_arguments(net):
         predict_probabilities(net, torch.zeros(8, 8, 8), patch_size=PATCH, device="cpu")
     with pytest.raises(UnetrppError, match="overlap"):
         predict_probabilities(net, volume(PATCH), patch_size=PATCH, overlap=1.0, device="cpu")
+
+
+# Memory ----------------------------------------------------------------------------------------------
+MEMORY_SCRIPT = r"""
+import resource, sys, torch
+from unetrpp.predict import predict_probabilities
+torch.set_num_threads(1)
+K, shape = 14, (64, 256, 256)
+net = torch.nn.Conv3d(1, K, 1).eval()  # a real (cheap) network: the cost under test is the stitching
+x = torch.randn(1, *shape)
+with torch.no_grad():
+    net(torch.zeros(1, 1, 64, 128, 128))  # warm up the allocator and kernels
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+p = predict_probabilities(net, x, patch_size=(64, 128, 128), mirror_axes=(), device="cpu")
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+assert p.shape == (K, *shape) and p.is_contiguous()
+print(peak - before, p.numel() * 4)
+"""
+
+
+def test_stitching_memory_is_the_accumulator_and_weights(tmp_path):
+    """Peak memory of a 14-class 64x256x256 prediction grows by little more than the float32
+    (K, D, H, W) accumulator and the (D, H, W) weight map (no padded copies, no float64)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    grown, accumulator = (int(v) for v in out.stdout.split())
+    window_output = 14 * 64 * 128 * 128 * 4  # one window's probabilities, float32
+    budget = accumulator * (1 + 1 / 14) + 3 * window_output + 64 * 2**20  # + weights, a few window buffers
+    assert grown < budget, f"peak grew by {grown / 2**20:.0f} MiB for a {accumulator / 2**20:.0f} MiB accumulator"
