@@ -224,7 +224,14 @@ class _Runner:
         self.gaussian_cpu = torch.from_numpy(np.array(gaussian))
         self.batch_size = batch_size
         self.sink = sink
-        self._use(device, amp)
+        try:
+            self._use(device, amp)
+        except Exception as exc:
+            if not (device.type == "cuda" and _is_out_of_memory(exc)):
+                raise
+            torch.cuda.empty_cache()
+            self._warn("GPU out of memory while loading the network: running on the CPU (slower)")
+            self._use(torch.device("cpu"), amp=False)
 
     def _use(self, device: torch.device, amp: bool) -> None:
         self.device = device
