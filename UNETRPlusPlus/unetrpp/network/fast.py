@@ -75,6 +75,7 @@ class FastOptions:
 def _use_mkldnn(x: torch.Tensor, opts: FastOptions) -> bool:
     return (
         opts.mkldnn_conv
+        and not torch.compiler.is_compiling()  # inductor picks its own convolution kernels
         and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.bfloat16)
         and torch.backends.mkldnn.is_available()
