@@ -19,7 +19,6 @@ import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -154,11 +153,7 @@ class TrainConfig:
 
 def config_path(name: str) -> Path | None:
     """The shipped recipe for a benchmark dataset name, or None."""
-    try:
-        ref = resources.files("unetrpp_train") / "configs" / f"{name.lower()}.json"
-    except ModuleNotFoundError:  # pragma: no cover
-        ref = Path(__file__).parent / "configs" / f"{name.lower()}.json"
-    path = Path(str(ref))
+    path = Path(__file__).resolve().parent / "configs" / f"{name.lower()}.json"
     return path if path.is_file() else None
 
 

@@ -188,6 +188,8 @@ class TrainResult:
     peak_memory_mb: float
     state_sha256: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    step_seconds: list[float] = field(default_factory=list)
+    wait_seconds: list[float] = field(default_factory=list)
 
 
 # The trainer --------------------------------------------------------------------------------
@@ -303,11 +305,6 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         start_step = int(checkpoint["next_step"])
         history = list(checkpoint.get("history", []))
         partial = checkpoint.get("epoch_partial", {})
-        states = checkpoint["rng"]
-        if len(states) == ddp.world:
-            _set_rng_state(states[ddp.rank])
-        else:
-            log.warning("checkpoint was written by %d process(es), now %d: RNG streams restart", len(states), ddp.world)
         log.info("resuming %s at step %d (epoch %d, iteration %d)", run_dir, start_step,
                  start_step // cfg.iterations_per_epoch, start_step % cfg.iterations_per_epoch)
 
@@ -378,8 +375,16 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
         os.replace(tmp, run_dir / "metrics.jsonl")
     steps_done = 0
+    step_seconds: list[float] = []
+    wait_seconds: list[float] = []
     last_loss = float("nan")
-    batches = iter(loader)
+    batches = iter(loader)  # draws the workers' base seed from the torch RNG: restore RNG states after it
+    if checkpoint is not None:
+        states = checkpoint["rng"]
+        if len(states) == ddp.world:
+            _set_rng_state(states[ddp.rank])
+        else:
+            log.warning("checkpoint was written by %d process(es), now %d: RNG streams restart", len(states), ddp.world)
     t_prev = time.perf_counter()
     for step in range(start_step, total_steps):
         epoch, it = divmod(step, cfg.iterations_per_epoch)
@@ -401,6 +406,8 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         wait, took = t_data - t_prev, t_end - t_prev
         t_prev = t_end
         wait_total += wait
+        step_seconds.append(took)
+        wait_seconds.append(wait)
         step_total += took
         epoch_wait += wait
         epoch_time += took
@@ -474,6 +481,8 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         peak_memory_mb=peak_memory_mb(dev),
         state_sha256=fingerprint,
         history=history,
+        step_seconds=step_seconds,
+        wait_seconds=wait_seconds,
     )
 
 

@@ -1,0 +1,253 @@
+"""Training: recipes, seeded sharded sampling, a real short run that must learn, export to a package
+that the engine loads and segments with, exact resume after SIGKILL, and a 2-process torchrun (gloo).
+
+Runs go through the real `unetrpp-train` command in subprocesses (one torch thread each, so runs are
+bit-reproducible on CPU) on generated phantoms (support/phantom.py) with a reduced UNETR++."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+from support.phantom import phantom, tiny_config, write_config, write_phantom_dataset
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+CLI = [sys.executable, "-m", "unetrpp_train.cli"]
+
+
+def run_cli(*args: str, timeout: float = 300, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([*CLI, *args], env=ENV, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"unetrpp-train {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return float(2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1))
+
+
+def ckpt(run: Path, name: str = "checkpoint_final.pt") -> dict:
+    return torch.load(run / name, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def phantom_data(tmp_path_factory) -> Path:
+    return write_phantom_dataset(tmp_path_factory.mktemp("phantom") / "ds")
+
+
+# Fast checks ------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["synapse", "btcv", "acdc", "brats", "lung"])
+def test_shipped_recipes_are_the_papers(name):
+    from unetrpp_train.config import load_config
+
+    cfg = load_config(name)
+    assert (cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.poly_exponent) == (1e-2, 0.99, True, 3e-5, 0.9)
+    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.grad_clip, cfg.batch_size) == (1000, 250, 12.0, 2)
+    assert np.allclose(cfg.ds_weights, [4 / 7, 2 / 7, 1 / 7])
+    assert cfg.oversample_foreground == pytest.approx(0.33)
+    a = cfg.augment
+    assert a.enabled and a.scale_range == (0.7, 1.4) and a.elastic_prob == 0.0 and a.mirror_axes == (0, 1, 2)
+    assert cfg.variant == {"btcv": "synapse"}.get(name, name)
+    assert len(cfg.config_hash()) == 16
+
+
+def test_unknown_recipe_setting_is_refused(tmp_path):
+    from unetrpp.errors import UnetrppError
+    from unetrpp_train.config import load_config
+
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"learning_rate": 0.1}))
+    with pytest.raises(UnetrppError, match="learning_rate"):
+        load_config(bad)
+
+
+def test_sampling_is_seeded_sharded_and_oversamples_foreground(phantom_data, tmp_path):
+    from unetrpp_train.config import AugmentConfig
+    from unetrpp_train.data import PatchDataset, StepBatchSampler, cache_dataset, read_dataset, read_plan
+
+    info, plan = read_dataset(phantom_data), read_plan(phantom_data)
+    ids = info.split("train")
+    cache = cache_dataset(info, plan, ids, tmp_path / "cache")
+    r0 = [i for b in StepBatchSampler(0, 10, 2, rank=0, world=2) for i in b]
+    r1 = [i for b in StepBatchSampler(0, 10, 2, rank=1, world=2) for i in b]
+    single = [i for b in StepBatchSampler(0, 10, 4) for i in b]
+    assert not set(r0) & set(r1) and len(set(r0)) == 20
+    assert sorted(r0 + r1) == sorted(single)  # 2 ranks x batch 2 covers what 1 rank x batch 4 would
+    make = lambda: PatchDataset(cache, ids, (16, 32, 32), 3, 0.33, AugmentConfig(), seed=5)  # noqa: E731
+    a, b = make(), make()
+    for index in (0, 7, 123456):
+        (xa, ya), (xb, yb) = a[index], b[index]
+        assert xa.shape == (1, 16, 32, 32) and ya.shape == (1, 16, 32, 32)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert not torch.equal(a[0][0], a[1][0])
+    # batch 3, oversampling 0.33: the last position of every batch is centred on foreground
+    forced = [a[3 * k + 2][1] for k in range(12)]
+    assert all((y > 0).any() for y in forced)
+
+
+# A real run that learns, exported, loaded and used by the engine ----------------------------
+@pytest.fixture(scope="module")
+def trained_run(phantom_data, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("learn")
+    cfg = write_config(root / "cfg.json", epochs=6, iterations_per_epoch=25, val_iterations=2)
+    run = root / "run"
+    proc = run_cli("train", str(cfg), "--data", str(phantom_data), "-o", str(run), "--device", "cpu", timeout=600)
+    assert "epoch 6/6 it 25/25" in proc.stderr and "ETA" in proc.stderr
+    return run
+
+
+@pytest.fixture(scope="module")
+def exported(trained_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pkg") / "phantom-model"
+    run_cli("export", str(trained_run), "-o", str(out), "--name", "phantom-test", "--dtype", "float16")
+    return out
+
+
+@pytest.mark.slow
+def test_run_folder_and_loss_decrease(trained_run):
+    run = json.loads((trained_run / "run.json").read_text())
+    assert run["config"]["epochs"] == 6 and run["network"]["feature_size"] == 4 and run["world_size"] == 1
+    history = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert history[-1]["loss"] < 0.6 * history[0]["loss"]
+    assert history[-1]["lr"] < history[0]["lr"]  # poly decay
+    assert "val_pseudo_dice" in history[-1]
+    c = ckpt(trained_run)
+    assert c["next_step"] == 150 and c["epoch"] == 6 and c["config_hash"] == run["config_hash"]
+    assert c["optimizer"]["param_groups"][0]["momentum"] == 0.99 and c["optimizer"]["param_groups"][0]["nesterov"]
+
+
+@pytest.mark.slow
+def test_exported_package_loads_and_segments_held_out_case(exported, phantom_data):
+    import unetrpp
+    from unetrpp.pipeline import SegmentOptions, segment
+
+    model = unetrpp.load(exported)
+    m = model.manifest.data
+    assert m["provenance"]["source"] == "training" and m["provenance"]["epochs"] == 6
+    assert len(m["provenance"]["config_hash"]) == 16 and m["provenance"]["code_version"].startswith("unetrpp")
+    assert m["weights"]["dtype"] == "float16" and [lab["name"] for lab in m["labels"]] == ["ellipsoid", "box"]
+    assert m["inputs"][0]["normalization"]["scheme"] == "zscore"
+    card = (exported / "MODEL_CARD.md").read_text()
+    assert "Not for clinical use" in card and "ellipsoid" in card
+    # the held-out case (never trained on), through the engine's pipeline
+    case = phantom_data / "cases" / "ph03"
+    result = segment(model, {"mri": case / "image_mri.nii.gz"}, SegmentOptions(device="cpu"))
+    labelmap = result.labelmap.array
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "label.nii.gz")))
+    assert labelmap.shape == ref.shape
+    scores = [dice(labelmap == v, ref == v) for v in (1, 2)]
+    assert np.mean(scores) > 0.8 and min(scores) > 0.7, scores
+
+
+@pytest.mark.slow
+def test_unetrpp_segment_cli_uses_the_exported_package(exported, phantom_data, tmp_path):
+    case = phantom_data / "cases" / "ph03"
+    out = tmp_path / "seg.nii.gz"
+    proc = subprocess.run([sys.executable, "-m", "unetrpp", "segment", "--model", str(exported),
+                           str(case / "image_mri.nii.gz"), "-o", str(out), "--device", "cpu", "--progress", "none"],
+                          env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    pred = sitk.GetArrayFromImage(sitk.ReadImage(str(out)))
+    ref = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "label.nii.gz")))
+    assert np.mean([dice(pred == v, ref == v) for v in (1, 2)]) > 0.8
+
+
+# Exact resume after SIGKILL -----------------------------------------------------------------
+@pytest.mark.slow
+def test_resume_after_kill_matches_uninterrupted_run(phantom_data, tmp_path):
+    cfg = write_config(tmp_path / "cfg.json", epochs=3, iterations_per_epoch=6, checkpoint_every_iterations=4,
+                       num_workers=1)
+    common = ["--data", str(phantom_data), "--device", "cpu"]
+    full = tmp_path / "full"
+    run_cli("train", str(cfg), "-o", str(full), *common)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([*CLI, "train", str(cfg), "-o", str(killed), *common], env=ENV,
+                            stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen = []
+    deadline = time.time() + 240
+    try:
+        for line in proc.stderr:  # wait for the mid-epoch checkpoint at step 8 (epoch 2, iteration 2)
+            seen.append(line)
+            if "(step 8)" in line:
+                proc.send_signal(signal.SIGKILL)
+                break
+            assert time.time() < deadline, "".join(seen)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (killed / "checkpoint_final.pt").exists()
+    at_kill = ckpt(killed, "checkpoint_latest.pt")
+    step = at_kill["next_step"]
+    assert step in (8, 12, 16) and step % 6 != 0, step  # mid-epoch
+
+    resumed = run_cli("train", str(cfg), "-o", str(killed), *common, "--resume")
+    assert f"at step {step} (epoch {step // 6}, iteration {step % 6})" in resumed.stderr
+    # the resumed run starts from the checkpoint state and ends exactly where the uninterrupted run ends
+    a, b = ckpt(full), ckpt(killed)
+    assert a["next_step"] == b["next_step"] == 18
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.equal(sa["momentum_buffer"], sb["momentum_buffer"])
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"] == 3
+    assert [h["loss"] for h in a["history"]] == [h["loss"] for h in b["history"]]
+    logged = [json.loads(x)["epoch"] for x in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]
+
+
+def test_resume_with_another_recipe_is_refused(phantom_data, tmp_path):
+    from unetrpp.errors import UnetrppError
+    from unetrpp_train.config import TrainConfig
+    from unetrpp_train.trainer import train
+
+    cfg = TrainConfig.from_dict(tiny_config(epochs=1, iterations_per_epoch=2))
+    run = tmp_path / "run"
+    result = train(cfg, phantom_data, run, device="cpu")
+    assert result.steps == 2 and (run / "checkpoint_final.pt").is_file()
+    with pytest.raises(UnetrppError, match="--resume"):
+        train(cfg, phantom_data, run, device="cpu")
+    changed = TrainConfig.from_dict(tiny_config(epochs=1, iterations_per_epoch=2, lr=0.5))
+    with pytest.raises(UnetrppError, match="recipe changed.*lr"):
+        train(changed, phantom_data, run, device="cpu", resume=True)
+    # resuming a finished run with the same recipe does no further step
+    assert train(cfg, phantom_data, run, device="cpu", resume=True).steps == 0
+
+
+# torchrun, 2 processes on gloo ------------------------------------------------------------
+@pytest.mark.slow
+def test_torchrun_two_processes_end_with_identical_weights(phantom_data, tmp_path):
+    cfg = write_config(tmp_path / "cfg.json", epochs=2, iterations_per_epoch=4, batch_size=1)
+    run = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         "-m", "unetrpp_train.cli", "train", str(cfg), "--data", str(phantom_data), "-o", str(run), "--device", "cpu"],
+        env=ENV, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout + proc.stderr
+    assert "gloo process group" in out
+    hashes = dict(re.findall(r"rank (\d) final state sha256 ([0-9a-f]{64})", out))
+    assert set(hashes) == {"0", "1"}, out[-3000:]
+    assert hashes["0"] == hashes["1"]
+    from unetrpp_train.trainer import state_fingerprint
+
+    final = ckpt(run)
+    assert state_fingerprint(final["model"]) == hashes["0"]  # only rank 0 wrote, and wrote the shared state
+    assert final["world_size"] == 2 and len(final["rng"]) == 2
+    assert not torch.equal(final["rng"][0]["torch"], final["rng"][1]["torch"])  # own dropout streams
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    # The step count is per process: 2 x 4 steps, each rank saw different patches
+    assert final["next_step"] == 8
