@@ -167,3 +167,13 @@ def test_float32_optimized_matches_official_float64_vectors(variant, parity_dir)
     err = float(np.abs(_parity_samples(y, 4096) - expected).max() / np.abs(expected).max())
     assert err < FLOAT32_PARITY, f"{variant}: relative error {err:.2e}"
     assert y.double().sum().item() == pytest.approx(ref["output_sum"], rel=FLOAT32_PARITY)
+
+
+def test_compile_option_keeps_the_contract_without_compiling():
+    # Only construction and the input check: compiling itself takes minutes on 2 CPU cores.
+    fast = optimize_for_inference(_tiny_network("paired"), compile=True)
+    assert not fast.training
+    with pytest.raises(InputShapeError):
+        fast(torch.zeros(1, 1, 8, 8, 8, dtype=torch.float64))
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast.train()

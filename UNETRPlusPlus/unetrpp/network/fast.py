@@ -530,13 +530,40 @@ def optimize_for_inference(network: nn.Module, *, compile: bool = False, options
     if not isinstance(network, UNETRPP):
         log.warning("optimize_for_inference: %s is not a UNETRPP; returned unchanged", type(network).__name__)
         return network.eval()
-    fast: nn.Module = FastUNETRPP(network, options)
+    fast = FastUNETRPP(network, options)
     if compile:
+        return _CompiledOrEager(fast)
+    return fast
+
+
+class _CompiledOrEager(nn.Module):
+    """torch.compile of the optimized network that falls back to eager for good when compiling
+    or running the compiled graph fails (no compiler, unsupported op): compile stays optional."""
+
+    def __init__(self, fast: FastUNETRPP) -> None:
+        super().__init__()
+        self.fast = fast
+        self.config = fast.config
+        self._compiled = None
         try:
-            fast = torch.compile(fast, dynamic=False)
+            self._compiled = torch.compile(fast, dynamic=False)
         except Exception as exc:  # pragma: no cover - depends on the toolchain
             log.warning("torch.compile unavailable (%s); using the eager optimized network", exc)
-    return fast
+        self.train(False)
+
+    def train(self, mode: bool = True) -> "_CompiledOrEager":
+        self.fast.train(mode)
+        return super().train(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
+        UNETRPP.check_input(self.fast, x)  # type: ignore[arg-type]  # a user error is no compile failure
+        if self._compiled is not None:
+            try:
+                return self._compiled(x)
+            except Exception as exc:
+                log.warning("compiled UNETR++ failed (%s); using the eager optimized network", exc)
+                self._compiled = None
+        return self.fast(x)
 
 
 def tune_cpu_allocator(mmap_threshold: int = 1 << 30) -> bool:
