@@ -40,6 +40,16 @@ def ckpt(run: Path, name: str = "checkpoint_final.pt") -> dict:
     return torch.load(run / name, map_location="cpu", weights_only=True)
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """In-process work uses one thread, as the subprocesses do: oversubscribed OpenMP threads crawl on
+    busy CI machines (2 shared cores)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def phantom_data(tmp_path_factory) -> Path:
     return write_phantom_dataset(tmp_path_factory.mktemp("phantom") / "ds")
@@ -229,7 +239,7 @@ def test_resume_with_another_recipe_is_refused(phantom_data, tmp_path):
 # torchrun, 2 processes on gloo ------------------------------------------------------------
 @pytest.mark.slow
 def test_torchrun_two_processes_end_with_identical_weights(phantom_data, tmp_path):
-    cfg = write_config(tmp_path / "cfg.json", epochs=2, iterations_per_epoch=4, batch_size=1)
+    cfg = write_config(tmp_path / "cfg.json", epochs=2, iterations_per_epoch=4, batch_size=2)
     run = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
