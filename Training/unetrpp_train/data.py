@@ -177,11 +177,6 @@ def plan_hash(plan: dict[str, Any]) -> str:
 
 
 # Preprocessing ------------------------------------------------------------------------------
-def preprocessing_manifest(info: DatasetInfo, plan: dict[str, Any], patch: Sequence[int]) -> dict[str, Any]:
-    """The subset of a manifest the engine's preprocessing reads."""
-    return {"plan": plan["plan"], "inputs": plan["inputs"], "architecture": {"patch_size": list(patch)}}
-
-
 def _read(path: Path) -> Any:
     import SimpleITK as sitk
 

@@ -56,42 +56,46 @@ def ct_statistics(image: np.ndarray, label: np.ndarray) -> dict[str, float]:
 
 
 def write_demo_dataset(dst: str | Path, ct: str | Path | None = None, seg: str | Path | None = None) -> Path:
-    """The one-case dataset in the converted layout (dataset.json, cases/<id>/, plan.json)."""
+    """The one-case dataset in the converted layout (written by the converters' DatasetWriter:
+    dataset.json, cases/<id>/), and plan.json: the CT's own spacing (3 mm) and nnU-Net CT statistics
+    of its foreground, patch 32 x 64 x 64."""
     import SimpleITK as sitk
+
+    from .layout import CaseSource, DatasetSpec, DatasetWriter, ImageRef
 
     data = shared_data_dir()
     ct = Path(ct or data / "ct" / "example_ct_sm.nii.gz")
     seg = Path(seg or data / "ct" / "example_seg.nii.gz")
     dst = Path(dst)
-    case = dst / "cases" / CASE_ID
-    case.mkdir(parents=True, exist_ok=True)
     image = sitk.ReadImage(str(ct))
-    label_ts = sitk.ReadImage(str(seg))
-    label_arr = remap_totalseg(sitk.GetArrayFromImage(label_ts))
-    label = sitk.GetImageFromArray(label_arr)
-    label.CopyInformation(image)
-    sitk.WriteImage(image, str(case / "image_ct.nii.gz"))
-    sitk.WriteImage(label, str(case / "label.nii.gz"))
+    label_arr = remap_totalseg(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))))
+    source_values = int(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))).max())
+    spec = DatasetSpec(
+        dataset="btcv", variant="synapse", name="demo-abdomen-ct",
+        description="TotalSegmentator example_ct_sm (one abdominal CT, 3 mm) with its reference labels "
+                    "remapped to BTCV organ ids",
+        channels=[{"name": "ct", "modality": "CT"}], labels=dict(BTCV_NAMES),
+        evaluation={"classes": [{"name": n, "labels": [v]} for v, n in BTCV_NAMES.items()],
+                    "description": "the 13 BTCV organs"},
+        source_path=ct.parent, source_layout="TotalSegmentator test files (example_ct_sm + example_seg)",
+        label_mapping={"source": "TotalSegmentator total", "map": {str(k): v for k, v in TOTALSEG_TO_BTCV.items()},
+                       "other": 0},
+    )
+    writer = DatasetWriter(dst, spec, overwrite=True)
+    if writer.begin():
+        writer.write_case(CaseSource(
+            case_id=CASE_ID, images={"ct": ImageRef(ct)}, label=seg,
+            label_map={v: TOTALSEG_TO_BTCV.get(v, 0) for v in range(source_values + 1)},
+        ))
+        writer.finish({"train": [CASE_ID], "val": [CASE_ID]}, "the one case is both training and validation data")
     stats = ct_statistics(sitk.GetArrayFromImage(image), label_arr)
     spacing_zyx = [float(s) for s in image.GetSpacing()[::-1]]
-    dataset = {
-        "name": "demo-abdomen-ct",
-        "description": "TotalSegmentator example_ct_sm (one abdominal CT, 3 mm) with its reference labels "
-                       "remapped to BTCV organ ids",
-        "licence": "Apache-2.0 (TotalSegmentator repository test files)",
-        "channels": [{"name": "ct", "modality": "CT"}],
-        "labels": {"0": "background", **{str(k): v for k, v in BTCV_NAMES.items()}},
-        "cases": [{"id": CASE_ID, "images": {"ct": f"cases/{CASE_ID}/image_ct.nii.gz"},
-                   "label": f"cases/{CASE_ID}/label.nii.gz"}],
-        "splits": {"train": [CASE_ID], "val": [CASE_ID]},
-    }
     plan = {
         "plan": {"target_spacing": spacing_zyx, "crop_to_nonzero": True},
         "inputs": [{"name": "ct", "modality": "CT", "description": "abdominal CT in Hounsfield units",
                     "aliases": ["ct"], "normalization": {"scheme": "ct", **stats}}],
         "patch_size": [32, 64, 64],
     }
-    (dst / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
     (dst / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
     log.info("demo dataset written to %s", dst)
     return dst
