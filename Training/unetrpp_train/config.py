@@ -79,6 +79,8 @@ class TrainConfig:
     iterations_per_epoch: int = 250
     val_iterations: int = 0
     """patch-level validation batches after each epoch (official: 50; 0 disables)"""
+    optimizer: str = "sgd"
+    """sgd (the paper's) or adamw (betas 0.9/0.999; converges faster on tiny demo runs)"""
     lr: float = 1e-2
     momentum: float = 0.99
     nesterov: bool = True
@@ -136,6 +138,8 @@ class TrainConfig:
         for name in ("batch_size", "epochs", "iterations_per_epoch"):
             if int(getattr(self, name)) < 1:
                 fail(name, f"must be >= 1, got {getattr(self, name)}")
+        if self.optimizer not in ("sgd", "adamw"):
+            fail("optimizer", f"must be 'sgd' or 'adamw', got {self.optimizer!r}")
         if self.lr <= 0:
             fail("lr", "must be > 0")
         if not 0 <= self.oversample_foreground <= 1:

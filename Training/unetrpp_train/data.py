@@ -322,8 +322,11 @@ class PatchDataset(Dataset):
         return img_t, lab_t
 
     def _choose_start(self, shape: Sequence[int], fg: dict[int, np.ndarray], rng: np.random.Generator) -> list[int]:
+        # nnU-Net: the region may reach past the volume by the margin the spatial transform needs
+        # (region - patch), and further when the volume is smaller than the region, so every voxel
+        # can be the centre of the final patch.
         size = self.region
-        need = [max(s - d, 0) for s, d in zip(size, shape)]
+        need = [max(s - p, s - d, 0) for s, p, d in zip(size, self.patch, shape)]
         lower = [-(n // 2) for n in need]
         upper = [d + n // 2 + n % 2 - s for d, n, s in zip(shape, need, size)]
         if fg:

@@ -286,8 +286,11 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     np.random.seed(cfg.seed + ddp.rank)
     torch.manual_seed(cfg.seed + 1000 * ddp.rank)
 
-    optimizer = torch.optim.SGD(network.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        optimizer: torch.optim.Optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.SGD(network.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
     epochs, exponent = cfg.epochs, cfg.poly_exponent
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(1.0 - e / epochs, 0.0) ** exponent)
     use_amp = cfg.amp and dev.type == "cuda"
