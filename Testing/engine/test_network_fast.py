@@ -166,7 +166,12 @@ def test_float32_optimized_matches_official_float64_vectors(variant, parity_dir)
     expected = np.asarray(ref["output_samples"])
     err = float(np.abs(_parity_samples(y, 4096) - expected).max() / np.abs(expected).max())
     assert err < FLOAT32_PARITY, f"{variant}: relative error {err:.2e}"
-    assert y.double().sum().item() == pytest.approx(ref["output_sum"], rel=FLOAT32_PARITY)
+    # The signed sum cancels (BraTS: |sum| is ~1/80 of sum|y|), so its error is measured against the
+    # magnitude of what was summed; the mean absolute value has no cancellation and is checked as is.
+    y64 = y.double()
+    magnitude = ref["output_mean_abs"] * y.numel()
+    assert abs(y64.sum().item() - ref["output_sum"]) < FLOAT32_PARITY * magnitude
+    assert y64.abs().mean().item() == pytest.approx(ref["output_mean_abs"], rel=FLOAT32_PARITY)
 
 
 def test_compile_option_keeps_the_contract_without_compiling():
