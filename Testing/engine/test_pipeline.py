@@ -14,7 +14,8 @@ from segment_helpers import make_package
 from unetrpp import load
 from unetrpp.errors import CancelledError, InputImageError, OutputExistsError, UnetrppError
 from unetrpp.image import read_image
-from unetrpp.pipeline import SegmentOptions, default_report_path, keep_largest_component, parse_roi, segment
+from unetrpp.pipeline import SegmentOptions, default_report_path, parse_roi, segment
+from unetrpp.segmentation import remove_small_components
 from unetrpp.progress import Event
 
 CT = "ct/example_ct_sm.nii.gz"
@@ -194,8 +195,9 @@ def test_largest_component(tmp_path, data_dir):
     labels[1:4, 1:4, 1:4] = 6
     labels[6:8, 6:8, 6:8] = 6
     labels[0, 9, 9] = 2
-    assert keep_largest_component(labels, 6) == 8
-    assert (labels == 6).sum() == 27 and (labels == 2).sum() == 1
+    labels[4, 4, 4] = 6  # touches the big blob at a corner only: kept (26-connectivity)
+    assert remove_small_components(labels, [6, 2, 9]) == {2: 0, 6: 8, 9: 0}
+    assert (labels == 6).sum() == 28 and (labels == 2).sum() == 1
     model = load(make_package(tmp_path / "lcc", inference={"largest_component_labels": list(range(1, 14))}))
     result = segment(model, data_dir / CT, SegmentOptions(fast=True))
     for v in range(1, 14):

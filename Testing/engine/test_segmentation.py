@@ -14,6 +14,7 @@ from unetrpp.image import Image, read_image
 from unetrpp.manifest import Manifest
 from unetrpp.official_models import official_manifest
 from unetrpp.segmentation import (
+    LCC_CONNECTIVITY,
     atomic_path,
     ijk_to_lps,
     largest_connected_component,
@@ -233,17 +234,17 @@ def test_largest_connected_component():
     a = np.zeros((10, 10, 10), np.uint8)
     a[0:3, 0:3, 0:3] = 1  # 27 voxels: kept
     a[6:8, 6:8, 6:8] = 1  # 8 voxels: removed
-    a[3, 3, 3] = 1  # touches the big blob only at a corner: removed with 6-, kept with 26-connectivity
+    a[3, 3, 3] = 1  # touches the big blob only at a corner: kept with 26- (the default), removed with 6-connectivity
     a[0, 9, 0] = 2
     a[9, 9, 9] = 2  # label 2 not asked for: untouched
     img = Image(a, (1, 1, 1), (0, 0, 0))
-    kept = largest_connected_component(img, [1])
+    kept = largest_connected_component(img, [1], connectivity=6)
     assert isinstance(kept, Image) and img.array is a and (a == 1).sum() == 36  # input unchanged
     assert (kept.array == 1).sum() == 27 and (kept.array == 2).sum() == 2
     assert kept.array[3, 3, 3] == 0 and kept.array[7, 7, 7] == 0
-    corner = largest_connected_component(a, [1, 2], connectivity=26)
-    assert corner[3, 3, 3] == 1 and (corner == 1).sum() == 28 and (corner == 2).sum() == 1
-    largest_connected_component(a, [1], in_place=True)
+    corner = largest_connected_component(a, [1, 2])
+    assert LCC_CONNECTIVITY == 26 and corner[3, 3, 3] == 1 and (corner == 1).sum() == 28 and (corner == 2).sum() == 1
+    largest_connected_component(a, [1], connectivity=6, in_place=True)
     assert (a == 1).sum() == 27
     with pytest.raises(UnetrppError):
         largest_connected_component(a, [1], connectivity=8)

@@ -20,8 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from scipy import ndimage
 
 from .errors import CancelledError, InputImageError, OutputExistsError, UnetrppError
 from .image import Image, image_suffix, read_image
@@ -29,6 +27,7 @@ from .manifest import Manifest
 from .package import Model, load
 from .preprocess import PreprocessState, labels_to_input_grid, preprocess
 from .progress import CancelToken, Event, ProgressSink, null_sink
+from .segmentation import remove_small_components, segment_statistics, write_labelmap, write_seg_nrrd
 
 log = logging.getLogger(__name__)
 
@@ -184,37 +183,14 @@ def _read_inputs(inputs: Mapping[str, Image | str | os.PathLike[str]], manifest:
 
 
 # Postprocessing ---------------------------------------------------------------------------
-def keep_largest_component(labels: np.ndarray, value: int) -> int:
-    """Keep only the largest 26-connected component of `value` (others become background).
-    Returns the number of voxels removed."""
-    mask = labels == value
-    if not mask.any():
-        return 0
-    box = ndimage.find_objects(mask.astype(np.uint8))[0]
-    sub = mask[box]
-    comp, n = ndimage.label(sub, structure=np.ones((3, 3, 3), bool))
-    if n <= 1:
-        return 0
-    sizes = np.bincount(comp.ravel())
-    sizes[0] = 0
-    drop = sub & (comp != int(sizes.argmax()))
-    view = labels[box]
-    view[drop] = 0
-    return int(drop.sum())
-
-
 def statistics(labelmap: Image, manifest: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Voxel counts and volumes (mL) per label of the manifest, and per region (union of labels)."""
-    counts = np.bincount(labelmap.array.ravel(), minlength=manifest.network_config.out_channels)
-    ml = labelmap.voxel_volume_mm3 / 1000.0
-    segments = [
-        {"value": l.value, "name": l.name, "voxels": int(counts[l.value]), "volume_ml": float(counts[l.value] * ml)}
-        for l in manifest.labels
-    ]
-    regions = []
-    for r in manifest.regions:
-        n = int(sum(counts[v] for v in r.labels))
-        regions.append({"name": r.name, "labels": list(r.labels), "voxels": n, "volume_ml": float(n * ml)})
+    """The report's "segments" ({value, name, voxels, volume_ml} per manifest label) and "regions"
+    ({name, labels, voxels, volume_ml} per union of labels), from `segment_statistics`."""
+    segments: list[dict[str, Any]] = []
+    regions: list[dict[str, Any]] = []
+    for entry in segment_statistics(labelmap, manifest):
+        kind = entry.pop("kind")
+        (segments if kind == "label" else regions).append(entry)
     return segments, regions
 
 
@@ -288,9 +264,7 @@ def segment(
     result = labels_to_input_grid(probabilities, state, with_confidence=want_conf)
     del probabilities
     labelmap, confidence = result if want_conf else (result, None)
-    removed = {}
-    for value in inference.get("largest_component_labels", []):
-        removed[value] = keep_largest_component(labelmap.array, value)
+    removed = remove_small_components(labelmap.array, inference.get("largest_component_labels", []))
     labelmap.meta.update(source_of=str(described[manifest.inputs[0].name]["source"]), model=manifest.name)
     segments, regions = statistics(labelmap, manifest)
     timing["postprocess"] = time.perf_counter() - t
@@ -354,8 +328,6 @@ def _roi_json(roi: Sequence[Sequence[float]] | None) -> list[list[float]] | None
 
 
 def _write_segmentation(labelmap: Image, manifest: Manifest, path: Path) -> None:
-    from .segmentation import write_labelmap, write_seg_nrrd
-
     if path.name.lower().endswith(SEGMENTATION_SUFFIXES):
         write_seg_nrrd(labelmap, manifest, path, include_regions=True)
     else:
