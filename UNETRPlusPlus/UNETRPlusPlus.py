@@ -169,7 +169,8 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             model = self.state.model
             self.ui.modelInfoLabel.text = self.state.model_info_text()
             self.ui.downloadModelButton.visible = bool(model and not model.installed and model.downloadable)
-            self.ui.removeModelButton.enabled = bool(model and model.installed) and not self.state.running
+            self.ui.removeModelButton.enabled = (bool(model and model.installed and not model.bundled)
+                                                 and not self.state.running)
             inputs = self.state.required_inputs()
             for i, (label, selector) in enumerate(zip(self.inputLabels, self.inputSelectors)):
                 shown = i < len(inputs)

@@ -62,6 +62,7 @@ def server(tmp_path):
 def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
     monkeypatch.setenv("UNETRPP_HOME", str(h))
+    monkeypatch.setenv("UNETRPP_BUNDLED_MODELS", "")  # the shipped demo model stays out of these lists
     return h
 
 
@@ -222,3 +223,28 @@ def test_cli_models_list_install_remove(home, tiny_synapse_package, capsys):
     assert lines[-1]["event"] == "error" and "import it from file" in lines[-1]["message"]
     assert cli_main(["models", "remove", "synapse-tiny-test"]) == 0
     assert cli_main(["models", "remove", "synapse-tiny-test"]) == 2
+
+
+def test_bundled_models_are_used_in_place_listed_and_not_removable(home, tmp_path, tiny_synapse_package,
+                                                                    monkeypatch, capsys):
+    bundled = tmp_path / "bundled"
+    shutil.copytree(tiny_synapse_package, bundled / "synapse-tiny-test")
+    monkeypatch.setenv("UNETRPP_BUNDLED_MODELS", str(bundled))
+    assert catalogue.installed_models() == []
+    assert [m.name for m in catalogue.bundled_models()] == ["synapse-tiny-test"]
+    assert catalogue.resolve_model("synapse-tiny-test") == bundled / "synapse-tiny-test"
+    with pytest.raises(PackageError, match="bundled .* cannot be removed"):
+        catalogue.remove_model("synapse-tiny-test")
+    assert (bundled / "synapse-tiny-test" / "model.json").is_file()
+    # an installed model of the same name takes precedence
+    installed = catalogue.install_package(tiny_synapse_package)
+    assert catalogue.resolve_model("synapse-tiny-test") == installed
+    assert cli_main(["models", "--json"]) == 0
+    listing = json.loads(capsys.readouterr().out)
+    assert [m["name"] for m in listing["bundled"]] == ["synapse-tiny-test"]
+
+
+def test_the_source_checkout_bundles_the_demo_model(monkeypatch):
+    monkeypatch.delenv("UNETRPP_BUNDLED_MODELS", raising=False)
+    assert catalogue.bundled_models_dir() == REPO / "Resources" / "models"
+    assert catalogue.resolve_model("demo-abdomen-ct") == REPO / "Resources" / "models" / "demo-abdomen-ct"

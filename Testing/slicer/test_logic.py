@@ -129,6 +129,27 @@ def test_ct_segmentation_names_colours_terminology_geometry_table(scene, logic, 
     assert names_back
 
 
+@pytest.mark.slow
+def test_bundled_demo_model_finds_the_organs_in_the_scene(scene, logic, data_dir):
+    """The clinician's path with a model that has learnt something: the shipped demo model, chosen
+    by name, on the CT in the scene; its segments overlap the reference organs (real Dice)."""
+    import SimpleITK as sitk
+    from unetrpp_train.demo import remap_totalseg
+
+    ct = load_volume(scene, data_dir / DATA_CT, "abdomen")
+    result = logic.segment("demo-abdomen-ct", {"ct": ct}, fast=True, timeout=300)
+    seg = result.segmentation_node
+    assert seg.GetName() == "abdomen demo-abdomen-ct"
+    ref = remap_totalseg(sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ct" / "example_seg.nii.gz"))))
+    by_name = {s.GetName(): sid for sid, s in segments(seg)}
+    for value, organ in ((6, "liver"), (1, "spleen"), (8, "aorta")):
+        mask = slicer.util.arrayFromVolume(export_labelmap(seg, ct, [by_name[organ]])) > 0
+        truth = ref == value
+        assert mask.shape == truth.shape
+        dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
+        assert dice > 0.75, f"{organ}: Dice {dice:.3f}"
+
+
 def test_dicom_series_geometry(scene, logic, data_dir, synapse_pkg):
     series = sorted((data_dir / "ct_dicom" / "example_ct_dicom").iterdir())
     ct = load_volume(scene, series[0], "CT DICOM")

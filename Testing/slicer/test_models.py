@@ -26,6 +26,7 @@ pytestmark = pytest.mark.slicer
 def home(tmp_path, monkeypatch):
     h = tmp_path / "home"
     monkeypatch.setenv("UNETRPP_HOME", str(h))
+    monkeypatch.setenv("UNETRPP_BUNDLED_MODELS", "")  # the shipped demo model stays out of these lists
     return h
 
 
@@ -123,3 +124,16 @@ def test_install_from_file_folder_zip_and_corrupt(home, tmp_path, synapse_pkg, s
         manager.install_from_file(checkpoint, official_variant="synapse").wait(timeout=60)
     assert "not a readable PyTorch checkpoint" in str(info.value)
     assert modelstore.installed_models() == []
+
+
+def test_bundled_demo_model_is_offered_and_not_removable(home, monkeypatch):
+    monkeypatch.delenv("UNETRPP_BUNDLED_MODELS", raising=False)
+    models = modelstore.available_models()
+    demo = next(m for m in models if m.name == "demo-abdomen-ct")
+    assert demo.installed and demo.bundled and demo.input_names == ("ct",)
+    assert {l.name for l in demo.labels} >= {"liver", "spleen", "aorta"}
+    assert modelstore.installed_models() == []
+    state = GuiState()
+    state.set_models(models)
+    state.model_name = "demo-abdomen-ct"
+    assert state.model.bundled

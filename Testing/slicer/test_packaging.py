@@ -50,6 +50,9 @@ def test_every_python_file_and_resource_is_in_cmake():
     assert set(resources) - shipped == set(), f"listed but missing: {sorted(set(resources) - shipped)}"
     assert "slicerMacroBuildScriptedModule" in text
     assert "../Resources/models.json" in text and (REPO / "Resources" / "models.json").is_file()
+    # the bundled demo model is installed as a whole folder beside the catalogue
+    assert "../Resources/models)" in text and "install(DIRECTORY ${_bundled_models}" in text
+    assert (REPO / "Resources" / "models" / "demo-abdomen-ct" / "model.json").is_file()
 
 
 def test_extension_metadata():

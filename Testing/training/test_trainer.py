@@ -100,6 +100,12 @@ def test_sampling_is_seeded_sharded_and_oversamples_foreground(phantom_data, tmp
         assert xa.shape == (1, 16, 32, 32) and ya.shape == (1, 16, 32, 32)
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     assert not torch.equal(a[0][0], a[1][0])
+    # the final (centre) patch can reach every border of the volume, also when the volume is smaller
+    # than the region sampled for the spatial transform
+    shape = np.load(cache / f"{ids[0]}_label.npy").shape
+    starts = np.array([a._choose_start(shape, {}, np.random.default_rng(i)) for i in range(300)])
+    first = starts + (np.array(a.region) - np.array(a.patch)) // 2  # where the centre patch begins
+    assert (first.min(0) <= 0).all() and (first.max(0) + np.array(a.patch) >= np.array(shape)).all()
     # batch 3, oversampling 0.33: the last position of every batch is centred on foreground
     forced = [a[3 * k + 2][1] for k in range(12)]
     assert all((y > 0).any() for y in forced)

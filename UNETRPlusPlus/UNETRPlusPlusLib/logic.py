@@ -31,7 +31,7 @@ import slicer
 import vtk
 
 from .errors import CancelledByUser, InputError, ModelError, ModuleError, WorkerError
-from .modelstore import ModelInfo, home, model_from_manifest, read_package_manifest
+from .modelstore import ModelInfo, bundled_models_dir, home, model_from_manifest, read_package_manifest
 from .process import WorkerProcess, cli_command, engine_environment, worker_command
 from .state import VolumeInfo, volume_problem
 
@@ -128,13 +128,18 @@ def resolve_model(model: ModelInfo | str | os.PathLike[str]) -> ModelInfo:
             )
         return model
     path = Path(model)
+    bundled = False
     if not path.exists():
-        candidate = home() / "models" / str(model)
-        if not (candidate / "model.json").is_file():
+        candidates = [home() / "models" / str(model)]
+        if bundled_models_dir() is not None:
+            candidates.append(bundled_models_dir() / str(model))
+        found = [c for c in candidates if (c / "model.json").is_file()]
+        if not found:
             raise ModelError(f"model '{model}' is neither a package path nor an installed model", kind="not-installed")
-        path = candidate
+        path = found[0]
+        bundled = path != candidates[0]
     try:
-        return model_from_manifest(read_package_manifest(path), path)
+        return model_from_manifest(read_package_manifest(path), path, bundled=bundled)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelError(
             f"the model package {path} is unreadable ({exc}); remove it and install it again", kind="corrupt-model"

@@ -34,6 +34,17 @@ def catalogue_path() -> Path | None:
     return None
 
 
+def bundled_models_dir() -> Path | None:
+    """Models shipped with the extension (the demo model), used in place; as unetrpp.catalogue."""
+    env = os.environ.get("UNETRPP_BUNDLED_MODELS")
+    if env is not None:
+        return Path(env).expanduser() if env else None
+    for candidate in (MODULE_DIR.parent / "Resources" / "models", MODULE_DIR / "Resources" / "models"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 @dataclass(frozen=True)
 class ModelInput:
     name: str
@@ -79,6 +90,7 @@ class ModelInfo:
     sha256: str | None = None
     downloadable: bool = False
     variant: str = ""
+    bundled: bool = False  # shipped with the extension: usable, not removable
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
@@ -102,7 +114,8 @@ def read_package_manifest(path: str | os.PathLike[str]) -> dict[str, Any]:
         return json.loads(zf.read(names[0]).decode("utf-8"))
 
 
-def model_from_manifest(data: dict[str, Any], path: Path | None, installed: bool = True) -> ModelInfo:
+def model_from_manifest(data: dict[str, Any], path: Path | None, installed: bool = True,
+                        bundled: bool = False) -> ModelInfo:
     size = None
     if path is not None and path.is_dir():
         size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
@@ -133,12 +146,21 @@ def model_from_manifest(data: dict[str, Any], path: Path | None, installed: bool
         citation=str(data.get("citation", "")),
         source=str(data.get("provenance", {}).get("source", "")),
         variant=str(data.get("architecture", {}).get("variant", "")),
+        bundled=bundled,
         data=data,
     )
 
 
 def installed_models() -> list[ModelInfo]:
-    root = home() / "models"
+    return _packages_in(home() / "models")
+
+
+def bundled_models() -> list[ModelInfo]:
+    root = bundled_models_dir()
+    return _packages_in(root, bundled=True) if root is not None else []
+
+
+def _packages_in(root: Path, bundled: bool = False) -> list[ModelInfo]:
     out: list[ModelInfo] = []
     if not root.is_dir():
         return out
@@ -146,7 +168,7 @@ def installed_models() -> list[ModelInfo]:
         if sub.name.startswith(".") or not (sub / "model.json").is_file():
             continue
         try:
-            out.append(model_from_manifest(read_package_manifest(sub), sub))
+            out.append(model_from_manifest(read_package_manifest(sub), sub, bundled=bundled))
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("skipping unreadable model package %s: %s", sub, exc)
     return out
@@ -176,8 +198,11 @@ def catalogue_models(path: Path | None = None) -> list[ModelInfo]:
 
 
 def available_models(catalogue: Path | None = None) -> list[ModelInfo]:
-    """Installed models first, then catalogue entries that are not installed."""
+    """Installed models first, then the bundled ones (an installed model of the same name wins),
+    then catalogue entries that are not installed."""
     installed = installed_models()
+    names = {m.name for m in installed}
+    installed += [m for m in bundled_models() if m.name not in names]
     names = {m.name for m in installed}
     return installed + [m for m in catalogue_models(catalogue) if m.name not in names]
 

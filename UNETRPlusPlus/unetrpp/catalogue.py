@@ -67,6 +67,20 @@ def downloads_dir() -> Path:
     return home() / "downloads"
 
 
+def bundled_models_dir() -> Path | None:
+    """Models shipped with the project (the demo model): $UNETRPP_BUNDLED_MODELS (empty: none), else
+    Resources/models of a source checkout, else <module dir>/Resources/models in the Slicer extension.
+    They are read-only: used in place, never copied into the cache, never removed."""
+    env = os.environ.get("UNETRPP_BUNDLED_MODELS")
+    if env is not None:
+        return Path(env).expanduser() if env else None
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / "Resources" / "models", here.parent / "Resources" / "models"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 # Catalogue ------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class CatalogueEntry:
@@ -225,7 +239,16 @@ def _describe_package_dir(path: Path) -> InstalledModel:
 
 def installed_models() -> list[InstalledModel]:
     """Packages under models/ (sorted by name). Unreadable folders are skipped with a warning."""
-    root = models_dir()
+    return _packages_in(models_dir())
+
+
+def bundled_models() -> list[InstalledModel]:
+    """Packages shipped with the project (see bundled_models_dir), sorted by name."""
+    root = bundled_models_dir()
+    return _packages_in(root) if root is not None else []
+
+
+def _packages_in(root: Path) -> list[InstalledModel]:
     out = []
     if root.is_dir():
         for sub in sorted(root.iterdir()):
@@ -243,15 +266,24 @@ def installed_path(name: str) -> Path | None:
     return path if _NAME_RE.match(name) and (path / MANIFEST_FILE).is_file() else None
 
 
+def bundled_path(name: str) -> Path | None:
+    root = bundled_models_dir()
+    if root is None or not _NAME_RE.match(name):
+        return None
+    path = root / name
+    return path if (path / MANIFEST_FILE).is_file() else None
+
+
 def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
-    """A package path as given, or the installed package of that name."""
+    """A package path as given, else the installed package of that name, else the bundled one
+    (an installed model of the same name takes precedence)."""
     path = Path(name_or_path)
     if path.exists():
         return path
-    found = installed_path(str(name_or_path))
+    found = installed_path(str(name_or_path)) or bundled_path(str(name_or_path))
     if found is not None:
         return found
-    installed = ", ".join(m.name for m in installed_models()) or "none"
+    installed = ", ".join(m.name for m in installed_models() + bundled_models()) or "none"
     raise PackageError(
         f"model {str(name_or_path)!r} is neither a package path nor an installed model (installed: "
         f"{installed}); install it with `unetrpp models install`"
@@ -379,6 +411,8 @@ def install_official(
 def remove_model(name: str) -> Path:
     """Delete an installed model. Returns the removed path."""
     path = installed_path(name)
+    if path is None and bundled_path(name) is not None:
+        raise PackageError(f"{name!r} is bundled with UNETR++ ({bundled_path(name)}) and cannot be removed")
     if path is None:
         installed = ", ".join(m.name for m in installed_models()) or "none"
         raise PackageError(f"no installed model called {name!r} (installed: {installed})")

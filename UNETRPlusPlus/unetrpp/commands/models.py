@@ -57,11 +57,13 @@ def run_list(args: argparse.Namespace) -> int:
     from .. import catalogue
 
     installed = catalogue.installed_models()
+    bundled = catalogue.bundled_models()
     entries = _catalogue(args)
     if args.json:
         print(json.dumps({
             "home": str(catalogue.home()),
             "installed": [m.to_dict() for m in installed],
+            "bundled": [m.to_dict() for m in bundled],
             "catalogue": [dict(e.to_dict(), installed=catalogue.installed_path(e.name) is not None) for e in entries],
         }, indent=2))
         return 0
@@ -71,6 +73,10 @@ def run_list(args: argparse.Namespace) -> int:
     for m in installed:
         print(f"  {m.name:24s} {m.version:8s} {m.title}")
         print(f"  {'':24s} inputs: {', '.join(m.inputs)}; {len(m.labels)} labels; {m.size / 1e6:.1f} MB")
+    if bundled:
+        print(f"\nBundled with UNETR++ ({catalogue.bundled_models_dir()}):")
+    for m in bundled:
+        print(f"  {m.name:24s} {m.version:8s} {m.title}")
     print("\nCatalogue:")
     if not entries:
         print("  (empty)")
