@@ -47,6 +47,14 @@ class ExportError(UnetrppError):
     """The run folder cannot be exported (missing checkpoint or run.json)."""
 
 
+
+def optimizer_summary(cfg: dict[str, Any]) -> str:
+    """The optimiser as the run used it (the paper's SGD, or AdamW for quick demo fits)."""
+    if cfg.get("optimizer", "sgd") == "adamw":
+        return f"AdamW lr {cfg['lr']}, weight decay {cfg['weight_decay']}"
+    nesterov = " (Nesterov)" if cfg["nesterov"] else ""
+    return f"SGD lr {cfg['lr']}, momentum {cfg['momentum']}{nesterov}, weight decay {cfg['weight_decay']}"
+
 def _norm_name(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
 
@@ -116,8 +124,8 @@ def build_manifest(run: dict[str, Any], checkpoint: dict[str, Any], checkpoint_f
     }
     provenance["notes"] = notes or (
         f"Trained with unetrpp-train: {epochs_done} x {cfg['iterations_per_epoch']} iterations, batch {cfg['batch_size']}"
-        f" x {run.get('world_size', 1)} process(es), SGD lr {cfg['lr']} momentum {cfg['momentum']}"
-        f"{' Nesterov' if cfg['nesterov'] else ''}, poly {cfg['poly_exponent']}, Dice+CE with deep supervision."
+        f" x {run.get('world_size', 1)} process(es), {optimizer_summary(cfg)}, poly {cfg['poly_exponent']},"
+        f" Dice+CE with deep supervision."
     )
     manifest: dict[str, Any] = {
         "schema_version": 1,
@@ -198,8 +206,7 @@ def model_card(manifest: dict[str, Any], run: dict[str, Any], extra: str | None 
         "",
         f"- Data: {prov.get('dataset')} — {prov.get('split')}.",
         f"- Recipe: {prov.get('epochs')} epochs × {cfg['iterations_per_epoch']} iterations, batch {cfg['batch_size']} per process "
-        f"× {run.get('world_size', 1)} process(es); SGD lr {cfg['lr']}, momentum {cfg['momentum']}"
-        f"{' (Nesterov)' if cfg['nesterov'] else ''}, weight decay {cfg['weight_decay']}, poly decay {cfg['poly_exponent']}, "
+        f"× {run.get('world_size', 1)} process(es); {optimizer_summary(cfg)}, poly decay {cfg['poly_exponent']}, "
         f"gradient clipping {cfg['grad_clip']}; Dice + cross-entropy with deep supervision weights "
         f"{[round(w, 3) for w in cfg['ds_weights']]}; foreground oversampling {cfg['oversample_foreground']}; "
         f"nnU-Net-style augmentation {'on' if cfg['augment']['enabled'] else 'off'}.",
