@@ -50,23 +50,30 @@ def render(model_path: Path, ct_path: Path, out: Path, scale: float = 1.0) -> Pa
 
     model = unetrpp.load(model_path)
     result = segment(model, {"ct": ct_path}, SegmentOptions(device="cpu"))
-    labels = result.labelmap.array  # z, y, x
     image = sitk.ReadImage(str(ct_path))
-    ct = sitk.GetArrayFromImage(image).astype(np.float64)
+    label_image = sitk.GetImageFromArray(result.labelmap.array)
+    label_image.CopyInformation(image)
+    # LPS index order: axial slices then read as radiologists do (anterior up, patient's right on the left)
+    image, label_image = sitk.DICOMOrient(image, "LPS"), sitk.DICOMOrient(label_image, "LPS")
+    ct = sitk.GetArrayFromImage(image).astype(np.float64)  # z, y, x
+    labels = sitk.GetArrayFromImage(label_image)
     sx, sy, sz = image.GetSpacing()
     colours = {lab.value: tuple(lab.color) for lab in model.manifest.labels}
 
-    # the axial slice with most liver, the coronal slice through the kidneys' centre
+    # the axial slice with most liver, the coronal slice through the kidneys' centre (head up)
     z = int(np.argmax((labels == 6).sum(axis=(1, 2))))
     kidneys = np.argwhere(np.isin(labels, (2, 3)))
     y = int(kidneys[:, 1].mean()) if len(kidneys) else labels.shape[1] // 2
     axial = upsample(overlay(window(ct[z]), labels[z], colours), sy, sx, scale)
-    # radiological display: patient's head up in the coronal view (array z grows towards the head here)
-    coronal = upsample(overlay(window(ct[:, y, :]), labels[:, y, :], colours)[::-1], sz, sx, scale)
+    coronal = upsample(overlay(window(ct[::-1, y, :]), labels[::-1, y, :], colours), sz, sx, scale)
     height = max(axial.shape[0], coronal.shape[0])
-    pad = lambda a: np.pad(a, ((0, height - a.shape[0]), (0, 0), (0, 0)))  # noqa: E731
+
+    def centre(a: np.ndarray) -> np.ndarray:
+        top = (height - a.shape[0]) // 2
+        return np.pad(a, ((top, height - a.shape[0] - top), (0, 0), (0, 0)))
+
     gap = np.zeros((height, 8, 3), dtype=np.uint8)
-    picture = np.concatenate([pad(axial), gap, pad(coronal)], axis=1)
+    picture = np.concatenate([centre(axial), gap, centre(coronal)], axis=1)
     out.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(sitk.GetImageFromArray(picture, isVector=True), str(out))
     log.info("wrote %s (%d x %d)", out, picture.shape[1], picture.shape[0])
