@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from common import synapse_package, write_section
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "UNETRPlusPlus"))
 SECTION = "## Slicer module overhead"
@@ -33,15 +35,7 @@ def default_model(tmp: Path) -> tuple[Path, str]:
     demo = REPO / "Resources" / "models" / "demo-abdomen-ct"
     if (demo / "model.json").is_file():
         return demo, "bundled demo model (demo-abdomen-ct)"
-    from unetrpp import save_package
-    from unetrpp.network import build_network
-    from unetrpp.network.deterministic import set_deterministic_weights
-    from unetrpp.official_models import official_manifest
-
-    network = set_deterministic_weights(build_network("synapse").float())
-    manifest = official_manifest("synapse", name="synapse-deterministic")
-    manifest["provenance"] = {"source": "deterministic-weights", "notes": "benchmark only"}
-    return save_package(network, manifest, tmp / "synapse-deterministic"), "full-size synapse network, deterministic weights"
+    return synapse_package(tmp / "synapse-deterministic"), "full-size synapse network, deterministic weights"
 
 
 def time_cli(model: Path, image: Path, out: Path, options: list[str]) -> float:
@@ -74,18 +68,6 @@ def time_slicer(model: Path, image: Path, fast: bool, device: str) -> tuple[floa
     n = run.result.segmentation_node.GetSegmentation().GetNumberOfSegments()
     scene.Clear(1)
     return seconds, n
-
-
-def write_section(text: str) -> None:
-    path = REPO / "docs" / "benchmarks.md"
-    doc = path.read_text() if path.exists() else "# Benchmarks\n"
-    if SECTION in doc:
-        start = doc.index(SECTION)
-        nxt = doc.find("\n## ", start + len(SECTION))
-        doc = doc[:start] + text.rstrip() + "\n" + ("" if nxt < 0 else doc[nxt:])
-    else:
-        doc = doc.rstrip() + "\n\n" + text.rstrip() + "\n"
-    path.write_text(doc)
 
 
 def main() -> int:
@@ -132,7 +114,7 @@ module {', '.join(f'{x:.2f}' for x in gui)} s.
 """
     print(text)
     if args.write_docs:
-        write_section(text)
+        write_section(REPO / "docs" / "benchmarks.md", SECTION, text)
     return 0
 
 

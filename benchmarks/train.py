@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import write_section  # benchmarks/common.py (the script's folder is on sys.path)
+
 log = logging.getLogger("benchmarks.train")
 
 RECIPES = ["synapse", "acdc", "brats", "lung"]  # btcv uses the synapse network and patch
@@ -152,21 +154,6 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace (or append) only the "## Training" section of docs/benchmarks.md."""
-    old = path.read_text() if path.exists() else "# Benchmarks\n\n"
-    lines = old.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.strip() == SECTION), None)
-    if start is None:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-        new = "".join(lines[:start]) + text + ("\n" if end < len(lines) else "") + "".join(lines[end:])
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(new)
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--recipes", nargs="+", default=RECIPES, choices=RECIPES)
@@ -202,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
     if args.markdown:
-        write_section(Path(args.markdown), text)
+        write_section(Path(args.markdown), SECTION, text)
     return 0 if rows else 1
 
 
