@@ -104,19 +104,26 @@ def size_text(size: tuple[int, ...]) -> str:
     return "×".join(map(str, size))
 
 
-def make_volume(source: Path, size_xyz: tuple[int, int, int], dst: Path) -> dict[str, Any]:
+def make_volume(source: Path, size_xyz: tuple[int, int, int], dst: Path,
+                field_of_view_mm: tuple[float, float, float] | None = None) -> dict[str, Any]:
     """Resample `source` (linear) to `size_xyz` voxels over the same physical extent (voxel edges
     kept: spacing = extent / size, origin moved by half the change of spacing along the image
-    axes), keep its pixel type and direction, and write it to `dst`. Returns its geometry."""
+    axes), keep its pixel type and direction, and write it to `dst`. Returns its geometry.
+    With `field_of_view_mm` (x, y, z) the volume covers that extent instead, centred on the
+    source, and what lies outside the source is its background (air for a CT): a full-size
+    scan's field of view, so that the network's work is that of a full-size scan too."""
     import numpy as np
     import SimpleITK as sitk
 
     img = sitk.ReadImage(str(source))
     old_size = np.array(img.GetSize(), float)
     old_spacing = np.array(img.GetSpacing(), float)
-    spacing = old_size * old_spacing / np.array(size_xyz, float)
+    extent = old_size * old_spacing if field_of_view_mm is None else np.array(field_of_view_mm, float)
+    spacing = extent / np.array(size_xyz, float)
     direction = np.array(img.GetDirection(), float).reshape(3, 3)
-    origin = np.array(img.GetOrigin(), float) + direction @ ((spacing - old_spacing) / 2)
+    # first voxel centre = source centre - half the extent + half a voxel (along the image axes)
+    centre = np.array(img.GetOrigin(), float) + direction @ ((old_size - 1) * old_spacing / 2)
+    origin = centre + direction @ (-extent / 2 + spacing / 2)
     background = float(sitk.GetArrayViewFromImage(img).min())
     out = sitk.Resample(img, [int(s) for s in size_xyz], sitk.Transform(), sitk.sitkLinear, origin.tolist(),
                         spacing.tolist(), img.GetDirection(), background, img.GetPixelID(), True)
@@ -369,8 +376,10 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
         f"MONAI {m.get('monai', '-')}, Python {m['python']}, device `{m['device']}`; load average "
         f"(1, 5, 15 min) {load[0]} before and {load[1]} after the run.",
         "",
-        f"Input: the CT `{Path(args.source).name}` resampled (linear) to each size over its "
-        f"physical extent, read from .nii.gz. Model: {result['model']}; overlap "
+        f"Input: the CT `{Path(args.source).name}` resampled (linear) to each size over "
+        + ("its physical extent" if not args.field_of_view else
+           f"a {' × '.join(f'{v:g}' for v in args.field_of_view)} mm field of view (the CT centred, air around it)")
+        + f", read from .nii.gz. Model: {result['model']}; overlap "
         f"{first.get('overlap', args.overlap)}, {mode}, output `.seg.nrrd`. The plan resamples every "
         "size to the same network grid, so the network's work is the same at every size and only the "
         "non-network stages grow with the input.",
@@ -468,6 +477,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sizes", nargs="+", type=parse_size, default=[parse_size(s) for s in DEFAULT_SIZES],
                    help="input sizes XxYxZ (default: %(default)s)")
     p.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="CT to resample (default: the shared example CT)")
+    p.add_argument("--field-of-view", nargs=3, type=float, metavar=("X", "Y", "Z"),
+                   help="physical extent in mm of every volume (the CT centred, air around it); default: the CT's own")
     p.add_argument("--model", type=Path, help="model package (default: full-size synapse, deterministic weights)")
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default: the manifest's, 0.5)")
     p.add_argument("--fast", action=argparse.BooleanOptionalAction, default=True,
@@ -513,7 +524,7 @@ def run_all(args: argparse.Namespace) -> int:
     for size in sizes:
         dst = args.workdir / f"ct-{'x'.join(map(str, size))}.nii.gz"
         t = time.perf_counter()
-        vol = make_volume(args.source, size, dst)
+        vol = make_volume(args.source, size, dst, args.field_of_view)
         plan = window_plan(vol, model.manifest, overlap)
         volumes.append((vol, plan))
         log.info("%s: %.1f M voxels at %s mm, %.1f MB (%.1f s to make); network grid %s -> %d window(s)%s",
