@@ -100,7 +100,7 @@ Time from "click" (`SegmentationLogic.start` on a volume node in an MRML scene, 
 GUI timer does) until the segments are in the scene, against the headless CLI
 (`unetrpp segment ... -o out.seg.nrrd`) on the same input, model and options; both start a fresh
 engine process. Measured with `python benchmarks/slicer_overhead.py{' --mirror' if args.mirror else ''}` on
-{platform.machine()} / {os.cpu_count()} CPU threads (shared machine), device `{args.device}`, {'mirroring' if args.mirror else 'fast mode (no mirroring)'},
+{platform.machine()} / {os.cpu_count()} CPU threads (load average {os.getloadavg()[0]:.2f} after the runs), device `{args.device}`, {'mirroring' if args.mirror else 'fast mode (no mirroring)'},
 {args.repeats} interleaved runs, median.
 
 | input | model | CLI (s) | Slicer module (s) | overhead |

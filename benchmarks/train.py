@@ -129,7 +129,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
         "",
         f"`python benchmarks/train.py{' --reduced' if args.reduced else ''} --iterations {args.iterations} "
         f"--device {args.device}` on {platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores"
-        f" (shared with other jobs while measured), torch threads default, {args.workers} data-loader worker(s). "
+        f" (load average {os.getloadavg()[0]:.2f} after the runs), torch threads default, {args.workers} data-loader worker(s). "
         "The real trainer (augmentation, Dice+CE with deep supervision, SGD step, gradient clipping) on "
         "generated volumes of each recipe's channels, classes and patch.",
         "",
