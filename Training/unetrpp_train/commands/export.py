@@ -59,17 +59,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from unetrpp.errors import UnetrppError
+    """Stand-alone entry (`python -m unetrpp_train.commands.export`): the package CLI's `export`, with
+    its logging and error handling."""
+    from ..cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="unetrpp-train export", description=__doc__)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except UnetrppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli_main(["export", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

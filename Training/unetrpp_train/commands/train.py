@@ -107,19 +107,11 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (`python -m unetrpp_train.commands.train`), e.g. for torchrun -m."""
-    from unetrpp.errors import UnetrppError
+    """Stand-alone entry (`python -m unetrpp_train.commands.train`, e.g. for torchrun -m): the package CLI's `train`, with
+    its logging and error handling."""
+    from ..cli import main as cli_main
 
-    parser = argparse.ArgumentParser(prog="unetrpp-train train", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_arguments(parser)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args)
-    except UnetrppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return cli_main(["train", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":
