@@ -82,3 +82,13 @@ def test_every_official_key_loads_strict(variant, parity_dir):
     net.load_state_dict(state, strict=True)
     first_line = (parity_dir / f"keys_{OFFICIAL_NAME[variant]}.txt").read_text().splitlines()[1]
     assert str(sum(p.numel() for p in net.parameters())) in first_line.replace(",", "")
+
+
+@pytest.mark.parametrize("variant, tied", [("synapse", True), ("acdc", False), ("lung", False)])
+def test_deterministic_E_and_F_follow_weight_rule_version_2(variant, tied):
+    """Rule v2 (shared/parity/README.md): only synapse's F is E (one module, E's phase); acdc's and
+    lung's F are independent modules with their own phase, so their values differ from E's."""
+    net = set_deterministic_weights(build_network(variant).float())
+    epa = net.unetr_pp_encoder.stages[0][0].epa_block
+    assert (epa.F is epa.E) == tied
+    assert torch.equal(epa.F.weight, epa.E.weight) == tied
