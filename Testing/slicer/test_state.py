@@ -142,3 +142,32 @@ def test_model_info_lists_inputs_labels_size_licence():
                  "Regions: whole tumour", "Licence: Apache-2.0", "Size:"):
         assert text in info
     assert format_duration(3725) == "1 h 02 min" and format_duration(None) == ""
+
+
+@pytest.mark.parametrize("event", [
+    {"event": "progress", "stage": "predict", "fraction": "abc"},
+    {"event": "progress", "stage": "predict", "fraction": float("nan")},
+    {"event": "progress", "stage": "predict", "fraction": float("inf"), "eta_s": float("-inf")},
+    {"event": "progress", "stage": "predict", "done": 3, "total": 0},
+    {"event": "progress", "stage": "predict", "done": "x", "total": "y"},
+    {"event": "progress", "stage": "predict", "fraction": 0.5, "eta_s": "soon"},
+    {"event": "progress", "stage": "predict", "fraction": [1], "eta_s": {"s": 1}},
+    {"event": "progress", "stage": "predict", "fraction": True, "eta_s": -5},
+    {"event": "progress", "stage": "predict", "fraction": 1e400, "eta_s": float("nan")},
+])
+def test_malformed_progress_events_do_not_raise_and_bad_eta_does_not_stick(event):
+    state = GuiState()
+    state.start_run()
+    state.apply_event({"event": "progress", "stage": "predict", "fraction": 0.25, "eta_s": 90})
+    assert state.progress_text() == "Running UNETR++ 25%, about 1 min 30 s left"
+    state.apply_event(event)
+    text = state.progress_text()  # must not raise
+    assert "about" not in text  # no ETA shown from a malformed or missing value
+    assert 0 <= state.overall_percent() <= 100
+    if state.fraction is not None:
+        assert 0.0 <= state.fraction <= 1.0
+    # the next good event is shown as it is, nothing of the bad one remains
+    state.apply_event({"event": "progress", "stage": "predict", "fraction": 0.75, "eta_s": 12})
+    assert state.progress_text() == "Running UNETR++ 75%, about 12 s left"
+    state.apply_event({"event": "progress", "stage": "predict", "done": 1, "total": 4})
+    assert state.progress_text() == "Running UNETR++ 25%"

@@ -32,7 +32,7 @@ import vtk
 
 from .errors import CancelledByUser, InputError, ModelError, ModuleError, WorkerError
 from .modelstore import ModelInfo, bundled_models_dir, home, model_from_manifest, read_package_manifest
-from .process import WorkerProcess, cli_command, engine_environment, worker_command
+from .process import WorkerProcess, cli_command, engine_environment, signal_status, worker_command
 from .state import VolumeInfo, volume_problem
 
 log = logging.getLogger(__name__)
@@ -160,6 +160,7 @@ class SegmentationResult:
 def classify_failure(proc: WorkerProcess, model_name: str) -> ModuleError:
     """Turn a failed engine process into one specific, actionable message."""
     rc = proc.returncode
+    sig = signal_status(rc)  # also through the supervisor and a launcher (128 + N)
     stderr = "\n".join(proc.stderr_tail)
     details = stderr[-2000:]
     err = proc.last_error or {}
@@ -170,12 +171,12 @@ def classify_failure(proc: WorkerProcess, model_name: str) -> ModuleError:
         or "out of memory" in text
         or "memoryerror" in text
         or "cannot allocate memory" in text
-        or rc in (-getattr(signal, "SIGKILL", 9), 137)
+        or sig == getattr(signal, "SIGKILL", 9)
     )
     if oom:
         return WorkerError(
             "The segmentation ran out of memory"
-            + (" (the process was killed by the system)" if rc in (-9, 137) else "")
+            + (" (the process was killed by the system)" if sig == getattr(signal, "SIGKILL", 9) else "")
             + ". Try Fast mode, the CPU device, a smaller region, or close other programs; then run it again.",
             kind="out-of-memory", details=details,
         )
@@ -195,9 +196,9 @@ def classify_failure(proc: WorkerProcess, model_name: str) -> ModuleError:
     if kind:
         return WorkerError(f"The segmentation failed ({kind}): {message}", kind="engine", details=details)
     last = "\n".join(list(proc.stderr_tail)[-5:]) or "(no output)"
-    if rc is not None and rc < 0:
+    if sig is not None:
         return WorkerError(
-            f"The segmentation process crashed (stopped by signal {-rc}). Last messages:\n{last}",
+            f"The segmentation process crashed (stopped by signal {sig}). Last messages:\n{last}",
             kind="crash", details=details,
         )
     if rc == 0:
@@ -277,13 +278,21 @@ class SegmentationRun:
         assert self.result is not None
         return self.result
 
+    def request_cancel(self) -> None:
+        """Ask the engine's whole process tree to stop and return at once (the GUI's Cancel);
+        `poll()` finishes the run once every process is gone."""
+        if not self.done:
+            self.proc.request_stop()
+
     def cancel(self) -> None:
+        """Stop the run and wait until its processes are gone (a few seconds at most)."""
         if self.done:
             return
         self.proc.cancel()
         self.poll()
 
     def cleanup(self) -> None:
+        """Remove the temporary folder: only called once the process tree has ended (poll)."""
         shutil.rmtree(self.workdir, ignore_errors=True)
 
 

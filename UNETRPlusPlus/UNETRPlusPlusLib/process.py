@@ -2,7 +2,18 @@
 
 Slicer's main thread never waits on the engine: two daemon threads read the child's stdout (one
 JSON object per line, see unetrpp/progress.py) and stderr into queues, and the GUI polls them
-from a timer. Cancel = terminate the process (then kill it if it does not stop).
+from a timer.
+
+Inside Slicer `python` is the PythonSlicer launcher: it runs the real Python as ITS child, which
+writes straight into our pipes, and a plain terminate() would only end the launcher. So the child
+starts in a process group of its own (a new session on POSIX, a new process group on Windows) and
+its descendants are tracked with psutil (Slicer ships it). Cancel = a cooperative stop first
+(SIGTERM to the whole group: the engine stops at the next sliding window), then, after
+`STOP_GRACE_S`, SIGKILL to the group and every tracked descendant. Cancelling never waits: the
+escalation happens in `finished()`, which the GUI timer calls, and a run counts as finished only
+once every process of the tree is gone and the pipes are drained, so its temporary folder is
+removed only after the worker has stopped writing into it. `UNETRPlusPlusLib.supervise` sits
+between the launcher and the worker so that an out-of-memory kill keeps its exit code (137).
 """
 
 from __future__ import annotations
@@ -11,6 +22,7 @@ import json
 import logging
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -18,6 +30,11 @@ import time
 from collections import deque
 from pathlib import Path
 from typing import Any
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - Slicer ships psutil; without it the process group still works (POSIX)
+    psutil = None
 
 from .modelstore import MODULE_DIR
 
@@ -36,13 +53,20 @@ def python_executable() -> str:
     return sys.executable
 
 
+def supervised(python: str, *args: str) -> list[str]:
+    """`python -m UNETRPlusPlusLib.supervise ARGS`: ARGS run by the real interpreter as a direct
+    child of the supervisor, whose exit status (signal N -> 128 + N) survives a launcher."""
+    return [python, "-m", "UNETRPlusPlusLib.supervise", *args]
+
+
 def worker_command() -> list[str]:
-    """`python -m unetrpp.worker ARGS` = `unetrpp segment ARGS --progress json` (docs/CONTRACTS.md)."""
-    return [python_executable(), "-m", "unetrpp.worker"]
+    """`python -m unetrpp.worker ARGS` = `unetrpp segment ARGS --progress json` (docs/CONTRACTS.md),
+    under the supervisor."""
+    return supervised(python_executable(), "-m", "unetrpp.worker")
 
 
 def cli_command() -> list[str]:
-    return [python_executable(), "-m", "unetrpp"]
+    return supervised(python_executable(), "-m", "unetrpp")
 
 
 def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -58,8 +82,27 @@ def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# Seconds between the cooperative stop (SIGTERM) and SIGKILL of the whole process tree.
+STOP_GRACE_S = 1.0
+# After the tree is killed, how long to wait for the pipes to close before giving up on them (a
+# descendant that escaped the group could hold them open forever).
+DRAIN_S = 3.0
+
+
+def signal_status(returncode: int | None) -> int | None:
+    """The signal that ended a process: -N from subprocess, or 128 + N passed on by the supervisor
+    (through a launcher). None for a normal exit. 130 (= 128 + SIGINT) is the engine's "cancelled"."""
+    if returncode is None:
+        return None
+    if returncode < 0:
+        return -returncode
+    if 128 < returncode <= 128 + 64 and returncode != 130:
+        return returncode - 128
+    return None
+
+
 class WorkerProcess:
-    """A child process whose stdout carries JSON-lines events."""
+    """A child process (and whatever it starts) whose stdout carries JSON-lines events."""
 
     def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
         self.args = list(args)
@@ -70,13 +113,23 @@ class WorkerProcess:
         self.done_event: dict[str, Any] | None = None
         self.cancelled = False
         self.started = time.perf_counter()
-        creationflags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
+        self._stop_sent: float | None = None
+        self._killed: float | None = None
+        self._drain_started: float | None = None
+        self._tree: dict[int, Any] = {}  # pid -> psutil.Process of every descendant seen
+        kwargs: dict[str, Any] = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = (getattr(subprocess, "CREATE_NO_WINDOW", 0)
+                                       | getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0))
+        else:
+            kwargs["start_new_session"] = True  # its own process group: one signal reaches the launcher's child too
         log.info("starting worker: %s", " ".join(self.args))
         self.proc = subprocess.Popen(
             self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
             env=env if env is not None else engine_environment(), cwd=cwd, text=True, encoding="utf-8",
-            errors="replace", bufsize=1, creationflags=creationflags,
+            errors="replace", bufsize=1, **kwargs,
         )
+        self._root = self._ps(self.proc.pid)
         self._readers = [
             threading.Thread(target=self._read_stdout, name="unetrpp-stdout", daemon=True),
             threading.Thread(target=self._read_stderr, name="unetrpp-stderr", daemon=True),
@@ -108,6 +161,53 @@ class WorkerProcess:
         for line in self.proc.stderr:
             self.stderr_tail.append(line.rstrip("\n"))
 
+    # The process tree ------------------------------------------------------------------------
+    @staticmethod
+    def _ps(pid: int) -> Any:
+        if psutil is None:
+            return None
+        try:
+            return psutil.Process(pid)
+        except psutil.Error:
+            return None
+
+    def _track_tree(self) -> None:
+        """Remember every descendant while the root lives (the launcher's Python child, the worker):
+        once the launcher is gone they are orphans that no parent link leads to any more."""
+        if self._root is None or self.proc.poll() is not None:
+            return
+        try:
+            for child in self._root.children(recursive=True):
+                self._tree.setdefault(child.pid, child)
+        except psutil.Error:
+            pass
+
+    @staticmethod
+    def _alive(p: Any) -> bool:
+        try:
+            return p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def tree_alive(self) -> list[Any]:
+        """Descendants (seen so far) that still run; the root itself is `running`."""
+        self._track_tree()
+        return [p for p in self._tree.values() if self._alive(p)]
+
+    def _signal_tree(self, sig: int) -> None:
+        if os.name != "nt":
+            try:
+                os.killpg(self.proc.pid, sig)  # the group = the launcher, its Python, the worker
+            except (ProcessLookupError, PermissionError):
+                pass
+        elif self.proc.poll() is None:
+            self.proc.kill() if sig != signal.SIGTERM else self.proc.terminate()
+        for p in self.tree_alive():  # anyone who left the group (setsid) or on Windows
+            try:
+                p.kill() if sig != signal.SIGTERM else p.terminate()
+            except psutil.Error:
+                pass
+
     # -------------------------------------------------------------------------------------------
     def poll_events(self) -> list[dict[str, Any]]:
         out = []
@@ -122,11 +222,25 @@ class WorkerProcess:
         return self.proc.poll() is None
 
     def finished(self) -> bool:
-        """True once the process has exited and its output has been read completely."""
-        if self.proc.poll() is None:
+        """True once the process and every descendant have exited and their output has been read.
+        Never blocks; after a stop request it also escalates to SIGKILL when the grace is over."""
+        self._track_tree()
+        if self._stop_sent is not None and self._killed is None \
+                and time.monotonic() - self._stop_sent >= STOP_GRACE_S \
+                and (self.proc.poll() is None or self.tree_alive()):
+            log.warning("the worker did not stop within %.1f s; killing its process tree", STOP_GRACE_S)
+            self._killed = time.monotonic()
+            self._signal_tree(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
+        if self.proc.poll() is None or self.tree_alive():
             return False
         for t in self._readers:
-            t.join(timeout=5)
+            t.join(timeout=0.05)
+        if any(t.is_alive() for t in self._readers):
+            # the pipes close as soon as the last writer is gone, unless something escaped the tree
+            self._drain_started = self._drain_started or time.monotonic()
+            if time.monotonic() - self._drain_started < DRAIN_S:
+                return False
+            log.warning("a process outside the worker's tree still holds its output pipes; not waiting for it")
         return True
 
     @property
@@ -134,19 +248,28 @@ class WorkerProcess:
         return self.proc.returncode
 
     def wait(self, timeout: float | None = None) -> int:
-        rc = self.proc.wait(timeout=timeout)
-        self.finished()
-        return rc
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.finished():
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.args, timeout)
+            time.sleep(0.02)
+        return self.proc.returncode
 
-    def cancel(self, grace_s: float = 5.0) -> None:
-        """Terminate the process (SIGTERM / TerminateProcess), kill it if it lingers."""
+    def request_stop(self) -> None:
+        """Ask the whole tree to stop (SIGTERM to the group: the engine's cooperative stop) and
+        return at once; `finished()` kills the tree if it is still there after STOP_GRACE_S."""
         self.cancelled = True
-        if self.proc.poll() is not None:
+        if self._stop_sent is not None:
             return
-        self.proc.terminate()
+        self._stop_sent = time.monotonic()
+        self._track_tree()
+        if self.proc.poll() is None or self.tree_alive():
+            self._signal_tree(signal.SIGTERM)
+
+    def cancel(self, timeout: float = STOP_GRACE_S + DRAIN_S) -> None:
+        """request_stop() and wait (at most `timeout` s) until every process is gone."""
+        self.request_stop()
         try:
-            self.proc.wait(timeout=grace_s)
+            self.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.finished()
+            log.error("the worker's process tree is still there %.1f s after cancelling", timeout)

@@ -123,8 +123,21 @@ def auto_assign(
     return result
 
 
-def format_duration(seconds: float | None) -> str:
-    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+def finite_number(value: Any) -> float | None:
+    """A progress event's number, or None when it is missing or malformed (text, NaN, inf, bool):
+    the worker's events are input like any other and must not break the GUI."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def format_duration(seconds: Any) -> str:
+    seconds = finite_number(seconds)
+    if seconds is None or seconds < 0:
         return ""
     seconds = int(round(seconds))
     if seconds < 60:
@@ -280,11 +293,13 @@ class GuiState:
             self.log.append(f"{STAGE_TITLES.get(self.stage, self.stage)}: {self.stage_message}".rstrip(": "))
         elif kind == "progress":
             self.stage = str(event.get("stage") or self.stage)
-            frac = event.get("fraction")
-            if frac is None and event.get("total"):
-                frac = float(event.get("done") or 0) / float(event["total"])
-            self.fraction = None if frac is None else min(max(float(frac), 0.0), 1.0)
-            self.eta_s = event.get("eta_s")
+            frac = finite_number(event.get("fraction"))
+            if frac is None:
+                done, total = finite_number(event.get("done")), finite_number(event.get("total"))
+                frac = done / total if done is not None and total else None
+            self.fraction = None if frac is None else min(max(frac, 0.0), 1.0)
+            eta = finite_number(event.get("eta_s"))  # every event replaces it: a bad one does not stick
+            self.eta_s = eta if eta is not None and eta >= 0 else None
         elif kind == "log":
             level = str(event.get("level") or "info")
             self.log.append(("Warning: " if level == "warning" else "") + str(event.get("message", "")))
