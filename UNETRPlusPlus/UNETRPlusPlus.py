@@ -40,7 +40,7 @@ class UNETRPlusPlus(ScriptedLoadableModule):
         self.parent.title = "UNETR++"
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
-        self.parent.contributors = ["UNETR++ for 3D Slicer developers"]
+        self.parent.contributors = ["UNETR++ for 3D Slicer developers (Independent)"]
         self.parent.helpText = (
             "Segment CT and MRI volumes with UNETR++ models: choose a model, select the input "
             "volume(s), click <b>Segment</b>. The segmentation gets the model's segment names, "
