@@ -37,6 +37,11 @@ WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".seg.nrrd", ".nhdr", ".mha", ".mh
 #: Relative tolerance on slice distances in a DICOM series before slices count as uneven.
 SLICE_SPACING_TOLERANCE = 0.01
 
+#: Largest |cos| between two axes of a direction matrix (and largest deviation of an axis length
+#: from 1) still taken as orthonormal: rounding in DICOM/NIfTI headers stays far below it
+#: (about 1e-6); a sheared grid (e.g. 0.45 in an NRRD "space directions") does not.
+ORTHONORMAL_TOLERANCE = 1e-3
+
 
 @dataclass
 class Image:
@@ -204,29 +209,45 @@ def _dicom_series(folder: Path, series_uid: str | None) -> tuple[str, list[str]]
     return chosen, files
 
 
-def _slice_positions(files: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Positions (ImagePositionPatient) of each file and the slice normal from the first file."""
+def _slice_positions(folder: Path, files: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (ImagePositionPatient) of each file and the in-plane axes (ImageOrientationPatient:
+    row and column direction, 2 x 3), which must be orthonormal and the same in every file."""
     positions = []
-    normal = None
+    axes = None
     reader = sitk.ImageFileReader()
     for f in files:
         reader.SetFileName(f)
         reader.ReadImageInformation()
         try:
             positions.append([float(v) for v in reader.GetMetaData("0020|0032").split("\\")])
-            if normal is None:
-                iop = [float(v) for v in reader.GetMetaData("0020|0037").split("\\")]
-                normal = np.cross(iop[:3], iop[3:])
+            iop = np.array([float(v) for v in reader.GetMetaData("0020|0037").split("\\")]).reshape(2, 3)
         except (RuntimeError, ValueError):
             raise InputImageError(
                 f"DICOM file {f} has no readable ImagePositionPatient/ImageOrientationPatient; "
                 "the slices of this series cannot be placed in space"
             ) from None
-    return np.asarray(positions), np.asarray(normal)
+        if axes is None:
+            axes = iop
+            # GDCM silently replaces a non-orthonormal orientation by the identity
+            deviation = float(np.abs(iop @ iop.T - np.eye(2)).max()) if np.all(np.isfinite(iop)) else np.inf
+            if deviation > ORTHONORMAL_TOLERANCE:
+                raise InputImageError(
+                    f"DICOM series in {folder}: ImageOrientationPatient {iop.ravel().tolist()} of {f} is not "
+                    f"two orthogonal unit vectors (deviation {deviation:.3g} > {ORTHONORMAL_TOLERANCE:g}); "
+                    "the slices cannot be placed in space. Fix or re-export the series"
+                )
+        elif np.abs(iop - axes).max() > ORTHONORMAL_TOLERANCE:
+            raise InputImageError(
+                f"DICOM series in {folder} mixes slice orientations ({f} differs from the first slice); "
+                "one volume needs one orientation. Put each orientation in its own series"
+            )
+    return np.asarray(positions), np.asarray(axes)
 
 
-def _check_slice_spacing(folder: Path, files: list[str]) -> None:
-    positions, normal = _slice_positions(files)
+def _check_slice_spacing(folder: Path, files: list[str]) -> np.ndarray:
+    """Refuse duplicated, missing, unevenly spaced or tilted slices; return the in-plane axes."""
+    positions, axes = _slice_positions(folder, files)
+    normal = np.cross(axes[0], axes[1])
     dist = positions @ normal
     steps = np.diff(dist)
     if np.any(np.abs(steps) < 1e-3):
@@ -234,6 +255,18 @@ def _check_slice_spacing(folder: Path, files: list[str]) -> None:
         raise InputImageError(
             f"DICOM series in {folder} has two slices at the same position ({files[dup]} and "
             f"{files[dup + 1]}): duplicated slices or several series/time points mixed together"
+        )
+    # slices shifted within their plane (gantry tilt, or a sheared acquisition): ITK would stack
+    # them straight along the normal, a silently sheared volume
+    in_plane = np.linalg.norm(np.diff(positions, axis=0) - steps[:, None] * normal, axis=1)
+    tilted = in_plane > SLICE_SPACING_TOLERANCE * np.abs(steps)
+    if np.any(tilted):
+        i = int(np.argmax(tilted))
+        raise InputImageError(
+            f"DICOM series in {folder} has slices shifted within their plane ({in_plane[i]:.3f} mm between "
+            f"slices {i} and {i + 1} for a {abs(steps[i]):.3f} mm step: gantry tilt or a sheared "
+            "acquisition); stacked as a volume its geometry would be wrong. Resample it first (e.g. 3D "
+            "Slicer's DICOM import with 'Acquisition geometry regularization')"
         )
     steps = np.abs(steps)
     typical = float(np.median(steps))
@@ -251,6 +284,7 @@ def _check_slice_spacing(folder: Path, files: list[str]) -> None:
             f"position) are {gap:.3f} mm apart where the series spacing is {typical:.3f} mm "
             f"({os.path.basename(files[i])}, {os.path.basename(files[i + 1])}). Re-export the complete series"
         )
+    return axes
 
 
 def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = None) -> Image:
@@ -260,7 +294,7 @@ def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = N
         raise InputImageError(
             f"DICOM series {uid!r} in {folder} has a single slice: it is 2D data; UNETR++ segments 3D volumes"
         )
-    _check_slice_spacing(folder, files)
+    axes = _check_slice_spacing(folder, files)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)  # GDCM sorted them by position along the slice normal
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -270,6 +304,13 @@ def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = N
         raise InputImageError(f"cannot read the DICOM series in {folder}: {str(exc).strip().splitlines()[-1]}") from None
     img = _check_dimensions(img, f"DICOM series in {folder}")
     image = Image.from_sitk(img, source=str(folder), series_uid=uid, format="dicom", n_files=len(files))
+    check_geometry(image, f"DICOM series in {folder}")
+    if np.abs(image.direction[:, :2].T - axes).max() > ORTHONORMAL_TOLERANCE:
+        raise InputImageError(
+            f"DICOM series in {folder}: the volume's axes {image.direction[:, :2].T.ravel().round(4).tolist()} "
+            f"differ from the slices' ImageOrientationPatient {axes.ravel().round(4).tolist()}; the reader "
+            "could not place the slices. Re-export the series"
+        )
     _check_finite(image.array, f"DICOM series in {folder}")
     return image
 
@@ -284,6 +325,10 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> I
         return read_dicom_series(path, series_uid)
     if not os.access(path, os.R_OK):
         raise InputImageError(f"input {path} is not readable (permission denied)")
+    fmt = _format_of(path)
+    # ITK decodes damaged compressed data without a word (zlib errors ignored, CRC not checked):
+    # every stored byte is verified before ITK reads the file
+    stored = verify_stored_data(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -297,17 +342,160 @@ def read_image(path: str | os.PathLike[str], series_uid: str | None = None) -> I
             ) from None
         raise InputImageError(f"cannot read {path}: the file is damaged or truncated ({detail})") from None
     img = _check_dimensions(img, str(path))
-    image = Image.from_sitk(img, source=str(path), format=_format_of(path))
-    if image.meta["format"] == "nifti":
-        # a truncated file reads as a zero tail: an all-zero last slice triggers the length check
-        _check_nifti_raw(path, check_length=not np.any(image.array[-1]))
+    image = Image.from_sitk(img, source=str(path), format=fmt)
+    check_geometry(image, str(path))
+    if fmt == "nifti":
+        _check_nifti_raw(path, stored)
     _check_finite(image.array, str(path))
     return image
+
+
+# Geometry checks ------------------------------------------------------------------------------
+def check_geometry(image: Image, where: str) -> None:
+    """Refuse geometry that cannot describe a scan: non-finite or non-positive spacing, a
+    non-finite origin, or a direction matrix that is not orthonormal (sheared or degenerate axes,
+    which ITK accepts from NRRD/MHA headers but resampling and volumes would get wrong)."""
+    spacing = np.asarray(image.spacing)
+    if not np.all(np.isfinite(spacing)) or np.any(spacing <= 0):
+        raise InputImageError(f"{where} has voxel spacing {tuple(image.spacing)}: each must be a positive number of mm")
+    if not np.all(np.isfinite(image.origin)):
+        raise InputImageError(f"{where} has origin {tuple(image.origin)}: it must be finite (mm)")
+    d = image.direction
+    if not np.all(np.isfinite(d)):
+        raise InputImageError(f"{where} has a direction matrix with non-finite values")
+    deviation = float(np.abs(d.T @ d - np.eye(3)).max())
+    if deviation > ORTHONORMAL_TOLERANCE:
+        rows = "; ".join(" ".join(f"{v:.4g}" for v in col) for col in d.T)
+        raise InputImageError(
+            f"{where} has a direction matrix that is not orthonormal (axis directions {rows}; deviation "
+            f"{deviation:.3g} > {ORTHONORMAL_TOLERANCE:g}): its voxel grid is sheared or degenerate, and "
+            "distances and volumes computed on it would be wrong. Resample it onto an orthogonal grid "
+            "(e.g. in 3D Slicer: Resample Scalar/Vector/DWI Volume) or fix its header"
+        )
+
+
+# Stored-data checks ----------------------------------------------------------------------------
+_GZIP_MAGIC = b"\x1f\x8b"
+_CHUNK = 1 << 20
+
+
+def _damaged(where: Path | str, why: object) -> InputImageError:
+    return InputImageError(f"cannot read {where}: the file is damaged or truncated ({why})")
+
+
+def _inflate_gzip(fh, where: Path | str) -> int:
+    """Inflate the gzip stream(s) from `fh`'s position to the end of the file; Python's gzip checks
+    every member's CRC32 and length trailer. Returns the decompressed byte count."""
+    total = 0
+    try:
+        with gzip.GzipFile(fileobj=fh, mode="rb") as gz:
+            while block := gz.read(_CHUNK):
+                total += len(block)
+    except (EOFError, OSError, zlib.error) as exc:  # BadGzipFile is an OSError
+        raise _damaged(where, f"its gzip data fail their check: {exc}") from None
+    return total
+
+
+def _inflate_zlib(fh, where: Path | str) -> int:
+    """Inflate one zlib stream (MetaImage CompressedData) from `fh`'s position; zlib checks its
+    Adler-32 trailer. The stream must end exactly at the end of the file. Returns the byte count."""
+    inflater = zlib.decompressobj()
+    total = 0
+    try:
+        while (block := fh.read(_CHUNK)) and not inflater.eof:
+            total += len(inflater.decompress(block))
+        total += len(inflater.flush())
+    except zlib.error as exc:
+        raise _damaged(where, f"its zlib data fail their check: {exc}") from None
+    if not inflater.eof:
+        raise _damaged(where, "its zlib data end before the compressed stream does")
+    if block or inflater.unused_data:
+        raise _damaged(where, "it holds data after the end of its zlib stream")
+    return total
+
+
+def _text_header(path: Path, end_key: str | None, limit: int = 1 << 20) -> tuple[dict[str, str], int]:
+    """Fields of a text header up to its data: NRRD ("key: value" lines up to a blank line;
+    "key:=value" pairs are not fields) when `end_key` is None, else MetaImage ("Key = Value" lines
+    up to and including the `end_key` line). Returns (fields by lower-case key, data offset)."""
+    fields: dict[str, str] = {}
+    offset = 0
+    with open(path, "rb") as fh:
+        while offset < limit and (raw := fh.readline(limit)):
+            offset += len(raw)
+            line = raw.decode("latin-1").rstrip("\r\n")
+            if end_key is None:
+                if not line.strip():
+                    break
+                if ":=" in line:
+                    continue
+                key, found, value = line.partition(":")
+            else:
+                key, found, value = line.partition("=")
+            if found:
+                fields[key.strip().lower()] = value.strip()
+            if end_key is not None and key.strip().lower() == end_key:
+                break
+    return fields, offset
+
+
+def _data_files(header: Path, name: str) -> list[Path]:
+    """Detached data file(s) named in a header (relative to the header's folder)."""
+    if name.upper() == "LIST" or "%" in name or " " in name:
+        raise InputImageError(
+            f"{header} keeps its data in a list of files ({name!r}); unetrpp reads headers with one "
+            "data file. Convert it to a single .nrrd/.nii.gz file"
+        )
+    return [header.parent / name]
+
+
+def _verify_embedded(path: Path, offset: int, inflate) -> int:
+    with open(path, "rb") as fh:
+        fh.seek(offset)
+        return inflate(fh, path)
+
+
+def verify_stored_data(path: Path) -> int | None:
+    """Verify the compressed data of an image file before it is used, as ITK does not: a file that
+    starts as gzip (.nii.gz and any other gzip-wrapped file) is inflated to its end with every
+    member's CRC32 and length checked; NRRD gzip data (attached or detached) likewise; MetaImage
+    zlib data (CompressedData) with its Adler-32. Returns the decompressed size in bytes of a
+    gzip-wrapped file, the file size of an uncompressed one, or None where no byte count applies."""
+    with open(path, "rb") as fh:
+        magic = fh.read(8)
+    try:
+        if magic.startswith(_GZIP_MAGIC):
+            return _verify_embedded(path, 0, _inflate_gzip)
+        if magic.startswith(b"NRRD"):
+            fields, offset = _text_header(path, None)
+            if fields.get("encoding", "raw").lower() in ("gz", "gzip"):
+                detached = fields.get("data file") or fields.get("datafile")
+                if detached:
+                    for part in _data_files(path, detached):
+                        _verify_embedded(part, 0, _inflate_gzip)
+                else:
+                    _verify_embedded(path, offset, _inflate_gzip)
+            return None
+        if path.name.lower().endswith((".mha", ".mhd")):
+            fields, offset = _text_header(path, "elementdatafile")
+            if fields.get("compresseddata", "false").lower() == "true":
+                detached = fields.get("elementdatafile", "LOCAL")
+                if detached.upper() != "LOCAL":
+                    for part in _data_files(path, detached):
+                        _verify_embedded(part, 0, _inflate_zlib)
+                else:
+                    _verify_embedded(path, offset, _inflate_zlib)
+            return None
+    except FileNotFoundError as exc:
+        raise InputImageError(f"cannot read {path}: its data file {exc.filename} does not exist") from None
+    return path.stat().st_size
 
 
 def _nifti_header(f) -> tuple[str, list[int], int, int, int] | None:
     """(byte order, dims, bitpix, datatype, data offset) of a NIfTI-1/2 header, or None."""
     header = f.read(548)
+    if len(header) < 348:
+        return None
     for order in "<>":
         (sizeof_hdr,) = struct.unpack(order + "i", header[:4])
         if sizeof_hdr in (348, 540):
@@ -328,47 +516,45 @@ def _nifti_header(f) -> tuple[str, list[int], int, int, int] | None:
 _NIFTI_FLOATS = {16: "f4", 64: "f8"}
 
 
-def _check_nifti_raw(path: Path, check_length: bool) -> None:
-    """Checks ITK's NIfTI reader cannot do for us: it silently turns NaN/Inf voxels into 0 and
-    fills a truncated file's missing tail with zeros. Reads the raw data of float files (to find
-    NaN/Inf) or, when `check_length`, only measures the file."""
-    opener = gzip.open if path.name.lower().endswith(".gz") else open
+def _check_nifti_raw(path: Path, stored_bytes: int | None) -> None:
+    """Checks ITK's NIfTI reader cannot do for us: it fills a truncated file's missing tail with
+    zeros (so the stored size, decompressed, must hold all the data the header announces), and it
+    silently turns NaN/Inf voxels into 0 (so float data are read raw and checked)."""
+    opener = gzip.open if _is_gzip(path) else open
     try:
         with opener(path, "rb") as f:
             head = _nifti_header(f)
             if head is None:
-                return
+                return  # a .hdr/.img pair: ITK checked the data file's size
             order, dims, bitpix, datatype, offset = head
             n = int(np.prod(dims))
             expected = offset + n * bitpix // 8
-            if datatype in _NIFTI_FLOATS:
-                f.seek(offset)
-                raw = f.read(n * bitpix // 8)
-                actual = offset + len(raw)
-                if actual >= expected:
-                    values = np.frombuffer(raw, dtype=order + _NIFTI_FLOATS[datatype])
-                    bad = np.flatnonzero(~np.isfinite(values))
-                    if bad.size:
-                        first = int(bad[0])
-                        x = first % dims[0]
-                        y = first // dims[0] % dims[1]
-                        z = first // (dims[0] * dims[1]) % dims[2]
-                        raise InputImageError(
-                            f"{path} has {bad.size} voxel(s) that are NaN or infinite (first at voxel "
-                            f"x={x}, y={y}, z={z}); fix or mask them (e.g. replace with 0) before segmenting"
-                        )
-            elif check_length:
-                f.seek(0, os.SEEK_END)
-                actual = f.tell()
-            else:
+            if stored_bytes is not None and stored_bytes < expected:
+                raise InputImageError(
+                    f"cannot read {path}: the file is damaged or truncated (it holds {stored_bytes} of the "
+                    f"{expected} bytes its header announces)"
+                )
+            if datatype not in _NIFTI_FLOATS:
                 return
+            f.seek(offset)
+            values = np.frombuffer(f.read(n * bitpix // 8), dtype=order + _NIFTI_FLOATS[datatype])
     except (EOFError, OSError, struct.error, zlib.error) as exc:
-        raise InputImageError(f"cannot read {path}: the file is damaged or truncated ({exc})") from None
-    if actual < expected:
+        raise _damaged(path, exc) from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        first = int(bad[0])
+        x = first % dims[0]
+        y = first // dims[0] % dims[1]
+        z = first // (dims[0] * dims[1]) % dims[2]
         raise InputImageError(
-            f"cannot read {path}: the file is damaged or truncated (it holds {actual} of the "
-            f"{expected} bytes its header announces)"
+            f"{path} has {bad.size} voxel(s) that are NaN or infinite (first at voxel "
+            f"x={x}, y={y}, z={z}); fix or mask them (e.g. replace with 0) before segmenting"
         )
+
+
+def _is_gzip(path: Path) -> bool:
+    with open(path, "rb") as fh:
+        return fh.read(2) == _GZIP_MAGIC
 
 
 def _format_of(path: Path) -> str:
