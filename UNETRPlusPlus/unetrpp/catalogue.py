@@ -24,7 +24,6 @@ import logging
 import os
 import re
 import shutil
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -33,15 +32,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import IntegrityError, OutputExistsError, PackageError, UnetrppError
+from .atomic import remove_path, replace_path, staged_file, staging_dir
+from .errors import CancelledError, IntegrityError, OutputExistsError, PackageError, UnetrppError
 from .hashing import check_sha256, sha256_file
+from .manifest import MANIFEST_FILE, WEIGHTS_FILE, read_manifest
 from .progress import CancelToken, Event, null_sink
 
 log = logging.getLogger(__name__)
 
 CATALOGUE_SCHEMA_VERSION = 1
-MANIFEST_FILE = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
 PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE, "MODEL_CARD.md", "README.md", "LICENSE")
 FORMATS = ("package-zip", "official-checkpoint")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
@@ -291,12 +290,6 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
 
 
 # Install ---------------------------------------------------------------------------------------
-def _staging_dir() -> Path:
-    root = models_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-
-
 def _safe_extract(zip_path: Path, dest: Path) -> None:
     """Extract a package zip: only plain top-level package files (optionally inside one folder);
     anything with another path, a link or an absurd size is refused."""
@@ -318,8 +311,6 @@ def _safe_extract(zip_path: Path, dest: Path) -> None:
 
 def _verify_package_dir(path: Path) -> str:
     """Validate the manifest and the weights' SHA256; return the package name."""
-    from .package import read_manifest  # imports torch: only when installing
-
     manifest = read_manifest(path)
     weights = path / WEIGHTS_FILE
     if not weights.is_file():
@@ -330,23 +321,12 @@ def _verify_package_dir(path: Path) -> str:
 
 def _commit(staged: Path, name: str, overwrite: bool) -> Path:
     target = models_dir() / name
-    if target.exists():
-        if not overwrite:
-            raise OutputExistsError(
-                f"model {name!r} is already installed at {target}; remove it first "
-                f"(unetrpp models remove {name}) or install with --overwrite"
-            )
-        old = Path(tempfile.mkdtemp(prefix=".old-", dir=models_dir()))
-        os.replace(target, old / name)
-        try:
-            os.replace(staged, target)
-        except OSError:
-            os.replace(old / name, target)
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(staged, target)
+    if target.exists() and not overwrite:
+        raise OutputExistsError(
+            f"model {name!r} is already installed at {target}; remove it first "
+            f"(unetrpp models remove {name}) or install with --overwrite"
+        )
+    replace_path(staged, target, overwrite=overwrite)
     log.info("installed model %s at %s", name, target)
     return target
 
@@ -366,8 +346,7 @@ def install_package(
         if not source.is_file():
             raise PackageError(f"{source}: a SHA256 can only be checked for a package file (.zip)")
         check_sha256(sha256_file(source), expected_sha256, f"model package file {source.name}")
-    staged_root = _staging_dir()
-    try:
+    with staging_dir(models_dir()) as staged_root:
         staged = staged_root / "package"
         staged.mkdir()
         if source.is_dir():
@@ -389,8 +368,6 @@ def install_package(
         if not _NAME_RE.match(name):
             raise PackageError(f"model name {name!r} is not a valid package name")
         return _commit(staged, name, overwrite)
-    finally:
-        shutil.rmtree(staged_root, ignore_errors=True)
 
 
 def install_official(
@@ -399,13 +376,10 @@ def install_official(
     """Import an official UNETR++ checkpoint (safely, see `unetrpp.official`) into the cache."""
     from .official import import_official_checkpoint
 
-    staged_root = _staging_dir()
-    try:
+    with staging_dir(models_dir()) as staged_root:
         out = import_official_checkpoint(checkpoint, variant, staged_root / "package", name=name)
         pkg_name = _verify_package_dir(out)
         return _commit(out, pkg_name, overwrite)
-    finally:
-        shutil.rmtree(staged_root, ignore_errors=True)
 
 
 def remove_model(name: str) -> Path:
@@ -416,9 +390,7 @@ def remove_model(name: str) -> Path:
     if path is None:
         installed = ", ".join(m.name for m in installed_models()) or "none"
         raise PackageError(f"no installed model called {name!r} (installed: {installed})")
-    trash = Path(tempfile.mkdtemp(prefix=".removing-", dir=models_dir()))
-    os.replace(path, trash / name)  # atomic disappearance, then delete
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_path(path)
     log.info("removed model %s", name)
     return path
 
@@ -438,13 +410,10 @@ def download(
     No resume: an interrupted download starts again from the beginning."""
     import hashlib
 
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
     digest = hashlib.sha256()
     done = 0
     started = time.perf_counter()
-    try:
+    with staged_file(dest) as tmp:
         sink(Event("stage", stage="download", message=f"downloading {url}"))
         request = urllib.request.Request(url, headers={"User-Agent": "unetrpp"})
         try:
@@ -453,15 +422,12 @@ def download(
             raise PackageError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise PackageError(f"download of {url} failed: {getattr(exc, 'reason', exc)}; check the network or install from file") from None
-        with response, os.fdopen(fd, "wb") as out:
-            fd = -1
+        with response, open(tmp, "wb") as out:
             header = response.headers.get("Content-Length")
             total = int(header) if header and header.isdigit() else expected_size
             last = 0.0
             while True:
                 if cancel is not None and cancel.is_set():
-                    from .errors import CancelledError
-
                     raise CancelledError("download cancelled")
                 try:
                     block = response.read(_CHUNK)
@@ -485,12 +451,7 @@ def download(
                 "incomplete or the file changed on the server. It has not been used; try again."
             )
         check_sha256(digest.hexdigest(), expected_sha256, f"the download of {url}")
-        os.replace(tmp, dest)
-        return dest
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
+    return dest
 
 
 def install_from_catalogue(

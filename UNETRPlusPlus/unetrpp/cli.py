@@ -11,7 +11,7 @@ from . import __version__
 from .errors import UnetrppError
 
 # Sub-command modules, in the order `unetrpp --help` lists them.
-COMMANDS = ["segment", "models", "import_official", "benchmark"]
+COMMANDS = ["segment", "models", "import_official"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -22,14 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"unetrpp {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMANDS:
-        try:
-            module = importlib.import_module(f".commands.{name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.commands.{name}":
-                continue  # command not shipped in this build
-            raise
-        module.add_parser(sub)
+    for name in COMMANDS:  # each module only builds its parser here; its imports of torch are lazy
+        importlib.import_module(f".commands.{name}", __package__).add_parser(sub)
     return parser
 
 

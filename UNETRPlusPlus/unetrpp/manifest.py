@@ -3,42 +3,93 @@
 The manifest carries everything needed to run a model the way it was trained: network settings,
 inputs and their normalisation, the preprocessing plan, labels (names, colours, SNOMED-CT
 terminology), inference defaults, provenance and licence.
+
+This module is part of the engine's torch-free contract layer (with `catalogue`, `terminology`,
+`progress`, `errors`): the Slicer module and `unetrpp --help`/`unetrpp models` import it without
+loading torch. `jsonschema` is imported only when a manifest is validated.
+
+Every default of the optional manifest fields lives here, once: `Plan` (preprocessing),
+`InferenceDefaults` (sliding window, mirroring, Gaussian sigma, largest component) and
+`ZSCORE_NONZERO_MASK_DEFAULT`. The schema file only checks types and ranges.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
-from dataclasses import dataclass
+import os
+import zipfile
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
+from pathlib import Path
 from typing import Any
 
-import jsonschema
+from .errors import ManifestError, PackageError
+from .network.config import NetworkConfig, NetworkConfigError
 
-from .errors import ManifestError
-from .network import NetworkConfig, NetworkConfigError
-
+#: The manifest schema version this engine reads and writes (`schema/model-v<N>.schema.json`).
 SCHEMA_VERSION = 1
+#: The files of a model package (a folder or a zip).
+MANIFEST_FILE = "model.json"
+WEIGHTS_FILE = "weights.safetensors"
 
 
-@lru_cache(maxsize=None)
-def manifest_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
-    text = resources.files("unetrpp").joinpath(f"schema/model-v{version}.schema.json").read_text()
-    return json.loads(text)
+# Defaults: the one place ----------------------------------------------------------------------
+@dataclass(frozen=True)
+class Plan:
+    """The preprocessing plan. Defaults are the official nnU-Net v1 behaviour (see preprocess.py)."""
+
+    target_spacing: tuple[float, float, float]  # mm, array axis order (z, y, x); required
+    crop_to_nonzero: bool = True
+    image_order: int = 3  # spline order of image resampling
+    label_order: int = 1  # order of per-class label resampling
+    anisotropy_threshold: float = 3  # nnU-Net RESAMPLING_SEPARATE_Z_ANISO_THRESHOLD
+    separate_z_order: int = 0  # order along the low-resolution axis when it is resampled separately
+    orientation: str | None = None  # None keeps the stored voxel order (official behaviour)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Plan":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        values["target_spacing"] = tuple(float(s) for s in data["target_spacing"])
+        return cls(**values)
 
 
-def _field_path(error: jsonschema.ValidationError) -> str:
-    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
-    return path.lstrip(".") or "(top level)"
+@dataclass(frozen=True)
+class InferenceDefaults:
+    """How a model is run unless the user says otherwise (official UNETR++/nnU-Net v1 values:
+    half-patch overlap, mirroring on all three axes, Gaussian sigma = patch/8)."""
+
+    overlap: float = 0.5
+    mirror_axes: tuple[int, ...] = (0, 1, 2)
+    gaussian_sigma_scale: float = 0.125
+    largest_component_labels: tuple[int, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "InferenceDefaults":
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in data.items() if k in known}
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(self).items()}
 
 
-def _fill_defaults(schema_part: dict[str, Any], data: dict[str, Any]) -> None:
-    for key, sub in schema_part.get("properties", {}).items():
-        if key not in data and "default" in sub:
-            data[key] = copy.deepcopy(sub["default"])
+#: z-score normalisation over the whole image unless the plan says "non-zero voxels only".
+ZSCORE_NONZERO_MASK_DEFAULT = False
 
 
+def _defaults_of(cls: type) -> dict[str, Any]:
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    return out
+
+
+# Typed records ------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Label:
     value: int
@@ -61,9 +112,35 @@ class Region:
 class InputSpec:
     name: str
     modality: str
-    normalization: dict[str, Any]
+    normalization: dict[str, Any] = field(default_factory=dict)
     description: str = ""
     aliases: tuple[str, ...] = ()
+
+
+def _color(raw: Any) -> tuple[int, int, int]:
+    if isinstance(raw, (list, tuple)) and len(raw) >= 3:
+        return tuple(int(c) for c in raw[:3])  # type: ignore[return-value]
+    return (128, 128, 128)
+
+
+def inputs_of(data: dict[str, Any]) -> list[InputSpec]:
+    """The typed inputs of a manifest document (validated or not: missing fields get neutral values)."""
+    return [
+        InputSpec(name=str(i.get("name", "?")), modality=str(i.get("modality", "")),
+                  normalization=dict(i.get("normalization") or {}), description=str(i.get("description", "")),
+                  aliases=tuple(str(a) for a in i.get("aliases", ())))
+        for i in data.get("inputs", [])
+    ]
+
+
+def labels_of(data: dict[str, Any]) -> list[Label]:
+    return [Label(int(l["value"]), str(l["name"]), _color(l.get("color")), l.get("terminology"))
+            for l in data.get("labels", [])]
+
+
+def regions_of(data: dict[str, Any]) -> list[Region]:
+    return [Region(str(r["name"]), tuple(int(v) for v in r["labels"]), _color(r.get("color")), r.get("terminology"))
+            for r in data.get("regions", [])]
 
 
 class Manifest:
@@ -92,38 +169,33 @@ class Manifest:
 
     @property
     def inputs(self) -> list[InputSpec]:
-        return [
-            InputSpec(
-                name=i["name"],
-                modality=i["modality"],
-                normalization=i["normalization"],
-                description=i.get("description", ""),
-                aliases=tuple(i.get("aliases", ())),
-            )
-            for i in self.data["inputs"]
-        ]
+        return inputs_of(self.data)
 
     @property
     def labels(self) -> list[Label]:
-        return [
-            Label(l["value"], l["name"], tuple(l["color"]), l.get("terminology"))  # type: ignore[arg-type]
-            for l in self.data["labels"]
-        ]
+        return labels_of(self.data)
 
     @property
     def regions(self) -> list[Region]:
-        return [
-            Region(r["name"], tuple(r["labels"]), tuple(r["color"]), r.get("terminology"))  # type: ignore[arg-type]
-            for r in self.data.get("regions", [])
-        ]
+        return regions_of(self.data)
 
     @property
     def plan(self) -> dict[str, Any]:
+        """The plan as JSON (defaults filled); `preprocessing_plan` is the typed view."""
         return self.data["plan"]
 
     @property
+    def preprocessing_plan(self) -> Plan:
+        return Plan.from_dict(self.data["plan"])
+
+    @property
     def inference(self) -> dict[str, Any]:
+        """Inference settings as JSON (defaults filled); `inference_defaults` is the typed view."""
         return self.data["inference"]
+
+    @property
+    def inference_defaults(self) -> InferenceDefaults:
+        return InferenceDefaults.from_dict(self.data["inference"])
 
     @property
     def weights_sha256(self) -> str:
@@ -160,9 +232,23 @@ class Manifest:
                 )
 
 
+# Validation -----------------------------------------------------------------------------------
+@lru_cache(maxsize=None)
+def manifest_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
+    text = resources.files("unetrpp").joinpath(f"schema/model-v{version}.schema.json").read_text()
+    return json.loads(text)
+
+
+def _field_path(error: Any) -> str:
+    path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+    return path.lstrip(".") or "(top level)"
+
+
 def validate_manifest(data: Any) -> dict[str, Any]:
     """Validate against the schema; return a copy with defaults filled. Raises ManifestError
     naming the first offending field."""
+    import jsonschema  # only here: listing models and the Slicer module never validate
+
     if not isinstance(data, dict):
         raise ManifestError("model.json must hold a JSON object")
     version = data.get("schema_version")
@@ -171,17 +257,92 @@ def validate_manifest(data: Any) -> dict[str, Any]:
             f"model.json field 'schema_version' is {version!r}; this version of unetrpp reads "
             f"schema version {SCHEMA_VERSION}. Update unetrpp or re-export the package."
         )
-    schema = manifest_schema(version)
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(manifest_schema(version))
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         err = jsonschema.exceptions.best_match(errors) or errors[0]
         raise ManifestError(f"model.json field '{_field_path(err)}': {err.message}")
     out = copy.deepcopy(data)
-    for section in ("plan", "inference"):
-        out.setdefault(section, {})
-        _fill_defaults(schema["properties"][section], out[section])
+    for section, defaults in (("plan", _defaults_of(Plan)), ("inference", _defaults_of(InferenceDefaults))):
+        target = out.setdefault(section, {})
+        for key, value in defaults.items():
+            target.setdefault(key, copy.deepcopy(value))
     for inp in out["inputs"]:
         if inp["normalization"]["scheme"] == "zscore":
-            inp["normalization"].setdefault("nonzero_mask", False)
+            inp["normalization"].setdefault("nonzero_mask", ZSCORE_NONZERO_MASK_DEFAULT)
     return out
+
+
+# Building --------------------------------------------------------------------------------------
+def build_manifest(
+    *,
+    name: str,
+    version: str,
+    network: NetworkConfig | dict[str, Any],
+    inputs: list[dict[str, Any]],
+    plan: dict[str, Any],
+    labels: list[dict[str, Any]],
+    provenance: dict[str, Any],
+    title: str | None = None,
+    description: str | None = None,
+    license: str = "",
+    citation: str | None = None,
+    regions: list[dict[str, Any]] | None = None,
+    inference: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A manifest document (without the `weights` section, which `save_package` adds and then
+    validates the whole). `inference` overrides single `InferenceDefaults` fields; the others are
+    written out with their defaults so the package states how it runs."""
+    architecture = network.to_dict() if isinstance(network, NetworkConfig) else dict(network)
+    manifest: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "name": name, "version": version}
+    if title is not None:
+        manifest["title"] = title
+    if description is not None:
+        manifest["description"] = description
+    manifest["license"] = license
+    if citation is not None:
+        manifest["citation"] = citation
+    defaults = InferenceDefaults().to_dict()
+    defaults.pop("largest_component_labels")  # written only when a model uses it
+    manifest.update({
+        "architecture": architecture,
+        "inputs": copy.deepcopy(inputs),
+        "plan": copy.deepcopy(plan),
+        "labels": copy.deepcopy(labels),
+        "inference": {**defaults, **copy.deepcopy(inference or {})},
+        "provenance": copy.deepcopy(provenance),
+    })
+    if regions:
+        manifest["regions"] = copy.deepcopy(regions)
+    return manifest
+
+
+# Reading from a package (folder or zip) --------------------------------------------------------
+def read_manifest_json(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The raw model.json of a package folder or zip, as JSON (not validated). Raises PackageError
+    or ManifestError with the path in the message."""
+    path = Path(path)
+    if path.is_dir():
+        file = path / MANIFEST_FILE
+        if not file.is_file():
+            raise PackageError(f"{path} is not a model package: it has no {MANIFEST_FILE}")
+        text = file.read_text(encoding="utf-8")
+    elif zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as zf:
+            try:
+                text = zf.read(MANIFEST_FILE).decode("utf-8")
+            except KeyError:
+                raise PackageError(f"{path} is not a model package: the zip has no {MANIFEST_FILE}") from None
+    elif not path.exists():
+        raise PackageError(f"model package {path} does not exist")
+    else:
+        raise PackageError(f"{path} is neither a package folder nor a zip file")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ManifestError(f"{path}/{MANIFEST_FILE} is not valid JSON: {exc}") from exc
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    """Read and validate only the manifest of a package (cheap, no torch: used to list models)."""
+    return Manifest(read_manifest_json(path))

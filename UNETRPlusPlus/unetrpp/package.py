@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +18,15 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .errors import ManifestError, OutputExistsError, PackageError
+from .atomic import replace_path, staging_dir
+from .errors import OutputExistsError, PackageError
 from .hashing import check_sha256, sha256_bytes, sha256_file
-from .manifest import Manifest
+from .manifest import MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest
 from .network import UNETRPP, build_network
 
 log = logging.getLogger(__name__)
 
-MANIFEST_FILE = "model.json"
-WEIGHTS_FILE = "weights.safetensors"
+__all__ = ["Model", "load", "save_package", "read_manifest", "load_weights_into", "MANIFEST_FILE", "WEIGHTS_FILE"]
 _DEEP_SUPERVISION_PREFIXES = ("out2.", "out3.")
 
 
@@ -126,8 +124,7 @@ def save_package(
     manifest_text = json.dumps(data, indent=2) + "\n"
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with staging_dir(path.parent) as tmp:
         if path.suffix == ".zip":
             staged = tmp / path.name
             with zipfile.ZipFile(staged, "w", compression=zipfile.ZIP_STORED) as zf:
@@ -138,43 +135,12 @@ def save_package(
             staged.mkdir()
             (staged / MANIFEST_FILE).write_text(manifest_text)
             (staged / WEIGHTS_FILE).write_bytes(weights_bytes)
-        if path.exists():
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
-        os.replace(staged, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        replace_path(staged, path, overwrite=overwrite)
     log.info("saved model package %s (%s, weights sha256 %s)", path, data["name"], data["weights"]["sha256"][:12])
     return path
 
 
 # Load -------------------------------------------------------------------------------------
-def _read_manifest_text(text: str, where: Path) -> Manifest:
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{where}/{MANIFEST_FILE} is not valid JSON: {exc}") from exc
-    return Manifest(data)
-
-
-def read_manifest(path: str | os.PathLike[str]) -> Manifest:
-    """Read and validate only the manifest of a package (cheap: used to list models)."""
-    path = Path(path)
-    if path.is_dir():
-        file = path / MANIFEST_FILE
-        if not file.is_file():
-            raise PackageError(f"{path} is not a model package: it has no {MANIFEST_FILE}")
-        return _read_manifest_text(file.read_text(), path)
-    if zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            try:
-                return _read_manifest_text(zf.read(MANIFEST_FILE).decode("utf-8"), path)
-            except KeyError:
-                raise PackageError(f"{path} is not a model package: the zip has no {MANIFEST_FILE}") from None
-    if not path.exists():
-        raise PackageError(f"model package {path} does not exist")
-    raise PackageError(f"{path} is neither a package folder nor a zip file")
-
-
 def _read_weights(path: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
     expected = manifest.weights_sha256
     if path.is_dir():

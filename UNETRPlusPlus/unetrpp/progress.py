@@ -19,7 +19,7 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Protocol, TextIO
+from typing import Any, Protocol, TextIO
 
 log = logging.getLogger(__name__)
 
@@ -42,11 +42,6 @@ class Event:
 
     def to_json(self) -> str:
         return json.dumps({k: v for k, v in asdict(self).items() if v is not None})
-
-    @classmethod
-    def from_json(cls, line: str) -> "Event":
-        data = json.loads(line)
-        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 class ProgressSink(Protocol):
@@ -129,10 +124,3 @@ class TqdmSink:
             self._bar.close()
             self._bar = None
 
-
-def combine(*sinks: Callable[[Event], None]) -> ProgressSink:
-    def sink(event: Event) -> None:
-        for s in sinks:
-            s(event)
-
-    return sink

@@ -7,7 +7,6 @@ import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 from ..errors import CancelledError, InputImageError, UnetrppError
@@ -58,28 +57,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _inputs(args: argparse.Namespace, manifest) -> dict[str, str]:
-    names = [i.name for i in manifest.inputs]
+def _inputs(args: argparse.Namespace) -> Any:
+    """The positional INPUT, or {NAME: PATH} from the --input options (names are checked against
+    the model by the Segmenter)."""
     if args.input and args.named_inputs:
         raise InputImageError("give either one positional INPUT or --input NAME=PATH options, not both")
     if args.input:
-        if len(names) != 1:
-            raise InputImageError(
-                f"model {manifest.name!r} takes {len(names)} inputs; give each as --input NAME=PATH with "
-                f"NAME in: {', '.join(names)}"
-            )
-        return {names[0]: args.input}
-    if not args.named_inputs:
-        raise InputImageError(
-            f"no input given; model {manifest.name!r} takes "
-            + (f"one input (INPUT or --input {names[0]}=PATH)" if len(names) == 1
-               else f"--input NAME=PATH for each of: {', '.join(names)}")
-        )
+        return args.input
     out: dict[str, str] = {}
     for item in args.named_inputs:
         name, sep, path = item.partition("=")
         if not sep or not name or not path:
-            raise InputImageError(f"--input {item!r}: write it as NAME=PATH with NAME in: {', '.join(names)}")
+            raise InputImageError(f"--input {item!r}: write it as NAME=PATH")
         if name in out:
             raise InputImageError(f"--input {name} is given twice")
         out[name] = path
@@ -126,12 +115,12 @@ def _print_summary(result, out=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace, force_json: bool = False) -> int:
-    from .. import load
     from ..catalogue import resolve_model
-    from ..pipeline import SegmentOptions, parse_roi, segment
+    from ..outputs import OutputPlan
+    from ..pipeline import parse_roi
+    from ..segmenter import Segmenter
 
     progress = "json" if force_json else args.progress
-    sinks: list[Any] = []
     bar = None
     if progress == "json":
         sink = JsonLinesSink(sys.stdout)
@@ -150,17 +139,11 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
     cancel.install()
     try:
         roi = parse_roi(args.roi) if args.roi else None
-        options = SegmentOptions(
-            output=Path(args.output), report=args.report, probabilities=args.probabilities, device=args.device,
-            overlap=args.overlap, fast=args.fast, roi=roi, batch_size=args.batch_size, overwrite=args.overwrite,
-            series_uid=args.series_uid, sink=sink, cancel=cancel,
-        )
-        from ..pipeline import _output_plan
-
-        _output_plan(options)  # refuse existing outputs before loading anything
-        model = load(resolve_model(args.model))
-        inputs = _inputs(args, model.manifest)
-        result = segment(model, inputs, options)
+        inputs = _inputs(args)
+        plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite)  # before loading
+        segmenter = Segmenter(resolve_model(args.model), args.device, batch_size=args.batch_size)
+        result = segmenter.segment(inputs, plan, roi=roi, overlap=args.overlap, fast=args.fast,
+                                   series_uid=args.series_uid, sink=sink, cancel=cancel)
     except CancelledError as exc:
         if progress == "json":
             sink(Event("error", kind="CancelledError", message=str(exc)))
@@ -182,8 +165,4 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
     return 0
 
 
-def _json_default(o: Any) -> Any:  # pragma: no cover - reports are plain JSON already
-    return str(o)
-
-
-__all__ = ["add_parser", "add_arguments", "run", "json"]
+__all__ = ["add_parser", "add_arguments", "run"]
