@@ -23,6 +23,8 @@ from .segmentation import LABELMAP_SUFFIXES, write_labelmap, write_seg_nrrd
 
 #: Output formats by suffix: a Slicer segmentation, or a plain labelmap (segmentation.py's list).
 SEGMENTATION_SUFFIXES = (".seg.nrrd",)
+#: DICOM Segmentation, for DICOM series inputs (unetrpp.dicom_seg, extra [dicom]).
+DICOM_SEG_SUFFIXES = (".dcm",)
 PROBABILITY_SUFFIXES = LABELMAP_SUFFIXES
 
 
@@ -47,10 +49,11 @@ class OutputPlan:
                probabilities: str | os.PathLike[str] | None = None, overwrite: bool = False) -> "OutputPlan":
         out = Path(output)
         suffix = image_suffix(out)
-        if suffix not in SEGMENTATION_SUFFIXES + LABELMAP_SUFFIXES:
+        if suffix not in SEGMENTATION_SUFFIXES + LABELMAP_SUFFIXES + DICOM_SEG_SUFFIXES:
             raise UnetrppError(
                 f"output {out}: unknown format {suffix or '(no suffix)'!r}; use .seg.nrrd (Slicer segmentation "
-                f"with names, colours and terminology) or a labelmap: {', '.join(LABELMAP_SUFFIXES)}"
+                f"with names, colours and terminology), a labelmap: {', '.join(LABELMAP_SUFFIXES)}, "
+                "or .dcm (DICOM SEG, for DICOM series inputs)"
             )
         prob = Path(probabilities) if probabilities else None
         if prob is not None and image_suffix(prob) not in PROBABILITY_SUFFIXES:
@@ -84,6 +87,10 @@ def write_segmentation(labelmap: Image, manifest: Manifest, path: Path) -> None:
     """A `.seg.nrrd` (segments with names, colours, terminology and regions) or a plain labelmap."""
     if path.name.lower().endswith(SEGMENTATION_SUFFIXES):
         write_seg_nrrd(labelmap, manifest, path, include_regions=True)
+    elif path.name.lower().endswith(DICOM_SEG_SUFFIXES):
+        from .dicom_seg import write_dicom_seg
+
+        write_dicom_seg(labelmap, manifest, path)
     else:
         write_labelmap(labelmap, path)
 

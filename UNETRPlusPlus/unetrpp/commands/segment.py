@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series-uid", metavar="UID", help="DICOM SeriesInstanceUID to read from a folder holding several series")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: automatic)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    p.add_argument("--server", metavar="URL", help="run on a segmentation server (`unetrpp serve`), e.g. http://gpu-host:8890")
+    p.add_argument("--token-file", metavar="FILE", help="with --server: file holding the token (else $UNETRPP_SERVER_TOKEN)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -140,6 +142,14 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
     try:
         roi = parse_roi(args.roi) if args.roi else None
         inputs = _inputs(args)
+        from ..dicom_seg import check_output_for_inputs
+
+        check_output_for_inputs(args.output, inputs)  # DICOM SEG needs a DICOM series input
+        if args.server:
+            from ..client import run_segment_command
+
+            result = run_segment_command(args, inputs, roi, sink, cancel)
+            return _finish(result, progress, bar)
         plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite)  # before loading
         segmenter = Segmenter(resolve_model(args.model), args.device, batch_size=args.batch_size)
         result = segmenter.segment(inputs, plan, roi=roi, overlap=args.overlap, fast=args.fast,
@@ -160,6 +170,12 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
     finally:
         if bar is not None:
             bar.close()
+    return _finish(result, progress, None)
+
+
+def _finish(result, progress: str, bar) -> int:
+    if bar is not None:
+        bar.close()
     if progress != "json":
         _print_summary(result)
     return 0

@@ -1,0 +1,269 @@
+"""Client of the segmentation server's HTTP API (`unetrpp serve`, API in `unetrpp.server.app`).
+
+Used by `unetrpp segment --server URL` (and through it by the Slicer module's "Process on: server"
+choice). No torch: uploads the input files, follows the job with progress events (the same
+`unetrpp.progress` events as a local run), downloads the segmentation and its report atomically,
+and cancels the job on the server when the local run is cancelled.
+
+A DICOM series folder is sent as a zip of its files. The token comes from a token file (first
+token in it) or the environment variable UNETRPP_SERVER_TOKEN (not visible in process lists).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+import zipfile
+from collections.abc import Mapping
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+from .errors import CancelledError, UnetrppError
+from .progress import CancelToken, Event, ProgressSink, null_sink
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "UNETRPP_SERVER_TOKEN"
+#: Seconds between status requests while a job runs.
+POLL_INTERVAL_S = 0.5
+
+
+class ServerError(UnetrppError):
+    """The server is unreachable, refused the request, or the job failed there."""
+
+
+def read_token(token_file: str | os.PathLike[str] | None) -> str:
+    """The first token of `token_file`, else $UNETRPP_SERVER_TOKEN; a message when neither has one."""
+    if token_file is not None:
+        try:
+            lines = Path(token_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ServerError(f"cannot read the token file {token_file}: {exc}") from None
+        tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+        if not tokens:
+            raise ServerError(f"the token file {token_file} holds no token")
+        return tokens[0]
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not token:
+        raise ServerError(f"give --token-file FILE (or set {TOKEN_ENV}) with a token the server accepts")
+    return token
+
+
+def _zip_folder(folder: Path, into: Path) -> Path:
+    """A zip of the files directly in `folder` (a DICOM series), stored uncompressed (DICOM pixel
+    data rarely compresses and the server unpacks faster)."""
+    archive = into / f"{folder.name or 'series'}.zip"
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UnetrppError(f"input folder {folder} holds no files; give a DICOM series folder or an image file")
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+        for f in files:
+            zf.write(f, f.name)
+    return archive
+
+
+class ServerClient:
+    """One server at `url` (e.g. http://gpu-host:8890) with one bearer token."""
+
+    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+        import httpx
+
+        self.url = url.rstrip("/")
+        if not self.url.startswith(("http://", "https://")):
+            raise ServerError(f"server URL {url!r} must start with http:// or https://")
+        self._http = httpx.Client(base_url=f"{self.url}/v1", timeout=timeout,
+                                  headers={"Authorization": f"Bearer {token}"})
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "ServerClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # Requests ---------------------------------------------------------------------------------
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServerError(f"cannot reach the server at {self.url} ({type(exc).__name__}: {exc}); check the URL "
+                              "and that `unetrpp serve` runs there") from None
+        if response.status_code == 401:
+            raise ServerError(f"the server at {self.url} refused the token (401); check --token-file "
+                              f"(or {TOKEN_ENV})")
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = f"HTTP {response.status_code} (not a unetrpp server at {self.url}?)"
+            raise ServerError(f"server: {message}")
+        return response
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/models").json()["models"]
+
+    def submit(self, model: str, inputs: Mapping[str, str | os.PathLike[str]], *,
+               options: Mapping[str, Any] | None = None, output_format: str = ".seg.nrrd") -> str:
+        """Upload the inputs (name -> file or DICOM folder) and queue a job; returns its id."""
+        with tempfile.TemporaryDirectory(prefix="unetrpp-upload-") as tmp, ExitStack() as files:
+            upload = {}
+            for name, value in inputs.items():
+                path = Path(value)
+                if not path.exists():
+                    raise UnetrppError(f"input {path} does not exist; check the path")
+                if path.is_dir():
+                    path = _zip_folder(path, Path(tmp))
+                upload[name] = (path.name, files.enter_context(open(path, "rb")), "application/octet-stream")
+            data = {"model": model, "options": json.dumps(dict(options or {})), "output_format": output_format}
+            return self._request("POST", "/jobs", data=data, files=upload).json()["id"]
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/jobs/{job_id}").json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return self._request("DELETE", f"/jobs/{job_id}").json()
+
+    def report(self, job_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/jobs/{job_id}/report").json()
+
+    def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
+        """The result file, written beside `path` and renamed into place."""
+        import httpx
+
+        from .atomic import staged_file
+
+        path = Path(path)
+        try:
+            with self._http.stream("GET", f"/jobs/{job_id}/result") as response:
+                if response.status_code >= 400:
+                    response.read()
+                    self._request("GET", f"/jobs/{job_id}/result")  # raises with the server's message
+                with staged_file(path) as tmp, open(tmp, "wb") as f:
+                    for chunk in response.iter_bytes(1 << 20):
+                        f.write(chunk)
+        except httpx.TransportError as exc:
+            raise ServerError(f"the download of job {job_id} from {self.url} broke off ({exc})") from None
+        return path
+
+    def wait(self, job_id: str, *, sink: ProgressSink = null_sink, cancel: CancelToken | None = None,
+             poll: float = POLL_INTERVAL_S) -> dict[str, Any]:
+        """Follow the job until it finishes, relaying its stage and progress as events; on a local
+        cancel, cancel it on the server and raise CancelledError. Returns the last status."""
+        stage = None
+        while True:
+            if cancel is not None and cancel.is_set():
+                try:
+                    self.cancel(job_id)
+                except ServerError as exc:
+                    log.warning("could not cancel job %s on the server: %s", job_id, exc)
+                raise CancelledError("segmentation cancelled by the user (the server job was cancelled)")
+            st = self.status(job_id)
+            state = st["state"]
+            if state == "queued" and stage != "queued":
+                stage = "queued"
+                sink(Event("stage", stage="queued", message=f"queued on {self.url} (position {st.get('queue_position')})"))
+            elif state == "running":
+                if st.get("stage") and st["stage"] != stage:
+                    stage = st["stage"]
+                    sink(Event("stage", stage=stage, message=f"{st.get('message') or ''} (on the server, {st.get('device')})"))
+                if st.get("total"):
+                    sink(Event("progress", stage=stage, done=st["done"], total=st["total"], fraction=st["fraction"],
+                               eta_s=st.get("eta_s")))
+            elif state == "done":
+                return st
+            elif state == "failed":
+                raise ServerError(f"the job failed on the server: {st.get('error')}")
+            elif state == "cancelled":
+                raise CancelledError("the job was cancelled on the server")
+            time.sleep(poll)
+
+
+def segment_on_server(url: str, token: str, model: str, inputs: Mapping[str, str | os.PathLike[str]],
+                      output: str | os.PathLike[str], *, report: str | os.PathLike[str] | None = None,
+                      options: Mapping[str, Any] | None = None, sink: ProgressSink = null_sink,
+                      cancel: CancelToken | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """Run one segmentation on the server; write `output` and its report as a local run would.
+    Returns (report, {"segmentation": path, "report": path})."""
+    from .atomic import write_text
+    from .image import image_suffix
+    from .outputs import default_report_path
+
+    output = Path(output)
+    report_path = Path(report) if report else default_report_path(output)
+    with ServerClient(url, token) as client:
+        job_id = client.submit(model, inputs, options=options, output_format=image_suffix(output))
+        log.info("job %s submitted to %s", job_id, url)
+        try:
+            client.wait(job_id, sink=sink, cancel=cancel)
+        except KeyboardInterrupt:
+            client.cancel(job_id)
+            raise
+        sink(Event("stage", stage="write", message=f"downloading the result to {output}"))
+        result = client.report(job_id)
+        client.download(job_id, output)
+        write_text(report_path, json.dumps(result, indent=2) + "\n")
+    outputs = {"segmentation": str(output), "report": str(report_path)}
+    sink(Event("done", outputs=outputs, report=result))
+    return result, outputs
+
+
+# `unetrpp segment --server` ------------------------------------------------------------------------
+class RemoteResult:
+    """What the CLI prints after a run, as for a local `SegmentationResult`."""
+
+    def __init__(self, report: dict[str, Any], outputs: dict[str, str]) -> None:
+        self.report, self.outputs = report, outputs
+        self.warnings = list(report.get("warnings", []))
+
+
+def _server_model(client: ServerClient, model: str) -> dict[str, Any]:
+    """The server's description of `model` (a name, or a local package whose name is looked up)."""
+    package = Path(model) / "model.json"
+    name = json.loads(package.read_text()).get("name", model) if package.is_file() else model
+    models = {m["name"]: m for m in client.models()}
+    if name not in models:
+        raise ServerError(f"model {name!r} is not on the server {client.url}; it has: {', '.join(sorted(models)) or 'none'}")
+    return models[name]
+
+
+def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, cancel: CancelToken | None) -> RemoteResult:
+    """`unetrpp segment --server URL ...`: the same options and outputs as a local run. `inputs`
+    is the positional INPUT or {NAME: PATH} as the CLI parsed them."""
+    from .errors import OutputExistsError
+    from .outputs import default_report_path
+
+    if args.probabilities:
+        raise UnetrppError("--probabilities is not available with --server (the server returns the segmentation "
+                           "and its report); run locally for a confidence map")
+    if args.device not in ("auto", None):
+        log.warning("--device %s is ignored with --server: the server chooses its devices", args.device)
+    report_path = Path(args.report) if args.report else default_report_path(Path(args.output))
+    for path in (Path(args.output), report_path):
+        if path.exists() and not args.overwrite:
+            raise OutputExistsError(f"output {path} already exists; choose another path or pass --overwrite")
+        if not path.parent.is_dir():
+            raise UnetrppError(f"the folder of output {path} does not exist; create it first")
+    token = read_token(args.token_file)
+    with ServerClient(args.server, token) as client:
+        described = _server_model(client, args.model)
+    names = [i["name"] for i in described["inputs"]]
+    if not isinstance(inputs, Mapping):
+        if len(names) != 1:
+            raise UnetrppError(f"model {described['name']!r} takes {len(names)} inputs; give each as --input NAME=PATH "
+                               f"with NAME in: {', '.join(names)}")
+        inputs = {names[0]: inputs}
+    if not inputs:
+        raise UnetrppError(f"no input given; model {described['name']!r} takes: {', '.join(names)}")
+    options = {"fast": bool(args.fast), "overlap": args.overlap, "series_uid": args.series_uid,
+               "roi": None if roi is None else [list(roi[0]), list(roi[1])]}
+    report, outputs = segment_on_server(args.server, token, described["name"], inputs, args.output,
+                                        report=report_path, options=options, sink=sink, cancel=cancel)
+    return RemoteResult(report, outputs)

@@ -1,0 +1,409 @@
+"""The HTTP API (FastAPI), version 1. Every route needs `Authorization: Bearer <token>`.
+
+    GET    /v1/models              models this server runs (name, version, inputs, labels)
+    POST   /v1/jobs                multipart: `model`, one file per model input (named by the input's
+                                   name; a DICOM series as a .zip), optional `options` (JSON) and
+                                   `output_format` (.seg.nrrd default, .nii.gz, .nii, .nrrd, .dcm)
+                                   -> 202 {"id", "state"}
+    GET    /v1/jobs/{id}           state queued|running|done|failed|cancelled, stage, progress, ETA
+    GET    /v1/jobs/{id}/result    the segmentation file (when done)
+    GET    /v1/jobs/{id}/report    the report (JSON, when done)
+    DELETE /v1/jobs/{id}           cancel a queued or running job
+
+Every error is `{"error": message}` with a 4xx/5xx status; tracebacks go to the server log only.
+Jobs belong to the token that created them; another token sees 404.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import json
+import logging
+import re
+import shutil
+import threading
+import time
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import UnetrppError
+from ..outputs import DICOM_SEG_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIXES
+from .options import JobOptions
+from .store import ACTIVE, JobStore
+from .workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+API_PREFIX = "/v1"
+#: Input files the server accepts, by suffix; a DICOM series comes as a zip of its files.
+INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
+#: Result formats a job may ask for (`output_format`).
+OUTPUT_SUFFIXES = SEGMENTATION_SUFFIXES + LABELMAP_SUFFIXES + DICOM_SEG_SUFFIXES
+#: A DICOM zip may hold at most this many files.
+MAX_ZIP_MEMBERS = 5000
+_CHUNK = 1 << 20
+
+
+@dataclass
+class ServerConfig:
+    data_dir: Path
+    tokens: list[str]  # empty: no authentication (loopback only, --insecure-no-auth)
+    models: dict[str, Path]  # name -> package folder
+    devices: list[str] = field(default_factory=lambda: ["cpu"])
+    workers_per_device: int = 1
+    threads: int | None = None
+    max_upload_bytes: int = 1 << 30
+    max_jobs_per_token: int = 4
+    retention_s: float = 24 * 3600.0
+
+
+class ApiError(HTTPException):
+    pass
+
+
+def _error(status: int, message: str) -> ApiError:
+    return ApiError(status_code=status, detail=message)
+
+
+# Authentication ----------------------------------------------------------------------------------
+def _owner_of(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()[:24]
+
+
+def _authenticator(tokens: list[str]):
+    owners = [(t.encode(), _owner_of(t)) for t in tokens]
+
+    def authenticate(request: Request) -> str:
+        if not owners:
+            return "anonymous"
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and given:
+            for token, owner in owners:  # constant-time comparison against every token
+                if hmac.compare_digest(token, given.strip().encode()):
+                    return owner
+        raise ApiError(401, "missing or wrong token: send the header 'Authorization: Bearer <token>' "
+                            "with a token from the server's token file", headers={"WWW-Authenticate": "Bearer"})
+
+    return authenticate
+
+
+# Upload size ------------------------------------------------------------------------------------
+class _TooLarge(Exception):
+    pass
+
+
+class BodyLimit:
+    """ASGI middleware: refuse request bodies over `limit` bytes with 413, counting as they arrive
+    (Content-Length can be absent or wrong), before anything is written to disk beyond the limit."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        message = (f"upload too large: the server accepts at most {self.limit / 2**20:.0f} MiB per request "
+                   "(serve --max-upload-mb)")
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+        seen = 0
+        started = False
+
+        async def counted_receive() -> dict:
+            nonlocal seen
+            msg = await receive()
+            if msg["type"] == "http.request":
+                seen += len(msg.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge
+            return msg
+
+        async def tracked_send(msg: dict) -> None:
+            nonlocal started
+            started = started or msg["type"] == "http.response.start"
+            await send(msg)
+
+        try:
+            await self.app(scope, counted_receive, tracked_send)
+        except _TooLarge:
+            if not started:
+                await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+
+
+# Inputs -----------------------------------------------------------------------------------------
+def _suffix(filename: str) -> str:
+    name = filename.lower()
+    return next((s for s in INPUT_SUFFIXES if name.endswith(s)), "")
+
+
+def _extract_dicom_zip(archive: Path, dest: Path, limit: int) -> None:
+    """Unpack a DICOM series zip flat into `dest` under generated names (member names are never
+    used as paths), refusing links, too many members and more than `limit` bytes unpacked."""
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            members = [m for m in zf.infolist() if not m.is_dir()]
+            if len(members) > MAX_ZIP_MEMBERS:
+                raise UnetrppError(f"the zip holds {len(members)} files; at most {MAX_ZIP_MEMBERS} are accepted")
+            total = 0
+            dest.mkdir()
+            for i, m in enumerate(members):
+                if (m.external_attr >> 16) & 0o170000 == 0o120000:
+                    raise UnetrppError(f"the zip holds a link ({m.filename!r}); send plain DICOM files")
+                with zf.open(m) as src, open(dest / f"{i:05d}.dcm", "wb") as dst:
+                    while chunk := src.read(_CHUNK):
+                        total += len(chunk)
+                        if total > limit:
+                            raise UnetrppError(f"the zip unpacks to more than {limit / 2**20:.0f} MiB "
+                                               "(serve --max-upload-mb)")
+                        dst.write(chunk)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise UnetrppError(f"not a readable zip of a DICOM series ({exc})") from None
+
+
+def _check_image(path: Path, what: str) -> None:
+    """Refuse a file that is not an image (header only: cheap), or a folder without a DICOM series."""
+    import SimpleITK as sitk
+
+    shown = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        if path.is_dir():
+            if not sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
+                raise UnetrppError(f"{what}: the zip holds no DICOM series")
+            return
+        reader = sitk.ImageFileReader()
+        reader.SetFileName(str(path))
+        reader.ReadImageInformation()
+    except RuntimeError:
+        raise UnetrppError(f"{what} is not an image the server can read (NIfTI, NRRD, MHA, or a zip of a "
+                           "DICOM series)") from None
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(shown)
+
+
+def _input_names(manifest: dict[str, Any]) -> dict[str, str]:
+    """Lower-cased input names and aliases -> the manifest's input name."""
+    lookup: dict[str, str] = {}
+    for spec in manifest.get("inputs", []):
+        for key in (spec["name"], *spec.get("aliases", [])):
+            lookup.setdefault(key.lower(), spec["name"])
+    return lookup
+
+
+def _describe_model(name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name, "version": manifest.get("version"), "title": manifest.get("title"),
+        "inputs": [{"name": i["name"], "modality": i.get("modality"), "description": i.get("description", ""),
+                    "aliases": i.get("aliases", [])} for i in manifest.get("inputs", [])],
+        "labels": [{"value": l["value"], "name": l["name"]} for l in manifest.get("labels", [])],
+    }
+
+
+# The application ---------------------------------------------------------------------------------
+def create_app(config: ServerConfig) -> FastAPI:
+    store = JobStore(config.data_dir)
+    pool = WorkerPool(store, config.devices, config.workers_per_device, config.threads)
+    manifests = {name: json.loads((path / "model.json").read_text()) for name, path in config.models.items()}
+    stop = threading.Event()
+    retention_hours = config.retention_s / 3600
+
+    def expire_loop() -> None:
+        while not stop.wait(min(60.0, max(1.0, config.retention_s / 4))):
+            store.expire(config.retention_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        requeue = store.recover()
+        store.expire(config.retention_s)
+        pool.start()
+        for job_id in requeue:
+            pool.submit(store.get(job_id))
+        log.info("serving %d model(s) on %s; data in %s; %d job(s) queued again",
+                 len(manifests), ", ".join(pool.slots), config.data_dir, len(requeue))
+        expirer = threading.Thread(target=expire_loop, name="unetrpp-retention", daemon=True)
+        expirer.start()
+        yield
+        stop.set()
+        pool.stop()
+
+    app = FastAPI(title="UNETR++ segmentation server", version=__version__, lifespan=lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=f"{API_PREFIX}/openapi.json")
+    app.add_middleware(BodyLimit, limit=config.max_upload_bytes)
+    authenticate = _authenticator(config.tokens)
+    app.state.store, app.state.pool = store, pool
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
+        return JSONResponse({"error": f"bad request: {where}"}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal server error; the server log has the details"}, status_code=500)
+
+    def owned_job(job_id: str, owner: str) -> dict[str, Any]:
+        job = store.get(job_id)
+        if job is None or job["owner"] != owner:
+            raise _error(404, f"no job {job_id!r} for this token (finished jobs are deleted "
+                              f"{retention_hours:g} h after they finish)")
+        return job
+
+    @app.get(f"{API_PREFIX}/models")
+    def list_models(owner: str = Depends(authenticate)) -> dict[str, Any]:
+        return {"models": [_describe_model(n, m) for n, m in sorted(manifests.items())]}
+
+    @app.post(f"{API_PREFIX}/jobs", status_code=202)
+    async def submit(request: Request, owner: str = Depends(authenticate)) -> dict[str, Any]:
+        try:
+            return await _submit(request, owner)
+        finally:
+            form = getattr(request, "_form", None)
+            if form is not None:
+                await form.close()  # the uploads' temporary files
+
+    async def _submit(request: Request, owner: str) -> dict[str, Any]:
+        if store.active_count(owner) >= config.max_jobs_per_token:
+            raise _error(429, f"this token already has {config.max_jobs_per_token} job(s) queued or running "
+                              "(the server's per-token limit, serve --max-jobs-per-token); wait for one to finish")
+        try:
+            form = await request.form(max_files=16, max_fields=16)
+        except _TooLarge:
+            raise
+        except Exception as exc:  # malformed multipart body
+            raise _error(400, f"the request is not a valid multipart form ({exc})") from None
+        model = form.get("model")
+        if not isinstance(model, str) or not model:
+            raise _error(422, "the form needs a field 'model' with a model name (GET /v1/models lists them)")
+        if model not in manifests:
+            raise _error(404, f"model {model!r} is not on this server; it has: {', '.join(sorted(manifests)) or 'none'}")
+        try:
+            options = JobOptions.from_json(json.loads(str(form.get("options") or "{}")))
+        except (ValueError, AttributeError, TypeError, UnetrppError) as exc:
+            raise _error(422, f"options: {exc}") from None
+        output_suffix = str(form.get("output_format") or ".seg.nrrd")
+        if output_suffix not in OUTPUT_SUFFIXES:
+            raise _error(422, f"output_format {output_suffix!r}: use one of {', '.join(OUTPUT_SUFFIXES)}")
+        lookup = _input_names(manifests[model])
+        expected = [i["name"] for i in manifests[model]["inputs"]]
+        files = {key: value for key, value in form.multi_items() if key not in ("model", "options", "output_format")}
+        for key, value in files.items():
+            if isinstance(value, str) or key.lower() not in lookup:
+                raise _error(422, f"unexpected form field {key!r}; model {model!r} takes one file per input: "
+                                  f"{', '.join(expected)}")
+        given = {lookup[k.lower()]: v for k, v in files.items()}
+        missing = [n for n in expected if n not in given]
+        if missing or len(given) != len(files):
+            raise _error(422, f"model {model!r} takes one file per input ({', '.join(expected)}); "
+                              + (f"missing: {', '.join(missing)}" if missing else "an input was given twice"))
+
+        job_id, job_dir = store.new_job_dir()
+        try:
+            inputs: dict[str, str] = {}
+            for name, upload in given.items():
+                suffix = _suffix(upload.filename or "")
+                if not suffix:
+                    raise UnetrppError(f"input {name!r} ({upload.filename!r}): send a .nii.gz, .nii, .nrrd or .mha "
+                                       "file, or a .zip of a DICOM series")
+                target = job_dir / "inputs" / f"{name}{suffix}"
+                with open(target, "wb") as dst:
+                    shutil.copyfileobj(upload.file, dst, _CHUNK)
+                if suffix == ".zip":
+                    _extract_dicom_zip(target, job_dir / "inputs" / name, config.max_upload_bytes)
+                    target.unlink()
+                    target = job_dir / "inputs" / name
+                _check_image(target, f"input {name!r} ({upload.filename})")
+                inputs[name] = target.name
+            if output_suffix == ".dcm" and not all((job_dir / "inputs" / r).is_dir() for r in inputs.values()):
+                raise UnetrppError("DICOM SEG output (.dcm) needs a DICOM series input (send it as a zip); "
+                                   "choose .seg.nrrd or .nii.gz for image files")
+        except UnetrppError as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise _error(400, str(exc)) from None
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        job = store.add({"id": job_id, "owner": owner, "model": model, "model_path": str(config.models[model]),
+                         "inputs": inputs, "options": options.to_json(), "output_suffix": output_suffix})
+        pool.submit(job)
+        log.info("job %s queued: model %s, inputs %s", job_id, model, ", ".join(inputs))
+        return {"id": job_id, "state": job["state"]}
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}")
+    def job_status(job_id: str, owner: str = Depends(authenticate)) -> dict[str, Any]:
+        job = owned_job(job_id, owner)
+        out = {k: job.get(k) for k in ("id", "state", "model", "created", "started", "finished", "device", "error",
+                                        "output_suffix")}
+        progress = pool.progress.get(job_id) if job["state"] == "running" else None
+        out.update({"stage": None, "message": None, "done": None, "total": None, "fraction": None, "eta_s": None})
+        out.update(progress or {})
+        if job["state"] == "queued":
+            queued = store.queued_ids()
+            out["queue_position"] = queued.index(job_id) + 1 if job_id in queued else None
+        if job["state"] == "done":
+            out.update(fraction=1.0, eta_s=0.0, timing_s=job.get("timing_s"))
+        return out
+
+    def finished_file(job_id: str, owner: str, report: bool) -> Path:
+        job = owned_job(job_id, owner)
+        if job["state"] != "done":
+            detail = f": {job['error']}" if job.get("error") else ""
+            raise _error(409, f"job {job_id} is {job['state']}{detail}; its result exists only once it is done")
+        path = store.report_path(job) if report else store.result_path(job)
+        if not path.is_file():
+            raise _error(410, f"the result of job {job_id} is no longer on the server")
+        return path
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}/result")
+    def job_result(job_id: str, owner: str = Depends(authenticate)) -> FileResponse:
+        path = finished_file(job_id, owner, report=False)
+        return FileResponse(path, media_type="application/octet-stream", filename=path.name)
+
+    @app.get(f"{API_PREFIX}/jobs/{{job_id}}/report")
+    def job_report(job_id: str, owner: str = Depends(authenticate)) -> JSONResponse:
+        return JSONResponse(json.loads(finished_file(job_id, owner, report=True).read_text()))
+
+    @app.delete(f"{API_PREFIX}/jobs/{{job_id}}", status_code=202)
+    def cancel(job_id: str, owner: str = Depends(authenticate)) -> dict[str, Any]:
+        job = owned_job(job_id, owner)
+        if job["state"] not in ACTIVE:
+            raise _error(409, f"job {job_id} is already {job['state']}; there is nothing to cancel")
+        store.cancel_flag(job_id).touch()
+        if job["state"] == "queued":
+            job = store.update(job_id, state="cancelled", finished=time.time()) or job
+        return {"id": job_id, "state": job["state"], "cancel_requested": True}
+
+    return app
+
+
+def read_tokens(path: Path) -> list[str]:
+    """Tokens of a token file: one per line; blank lines and lines starting with # are ignored.
+    Short tokens are refused: a guessable token is no protection."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UnetrppError(f"cannot read the token file {path}: {exc}") from None
+    tokens = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    if not tokens:
+        raise UnetrppError(f"the token file {path} holds no token (one per line); create one with e.g. "
+                           "`python -c \"import secrets; print(secrets.token_urlsafe(32))\" > tokens.txt`")
+    short = [i for i, t in enumerate(tokens, 1) if len(t) < 16 or re.search(r"\s", t)]
+    if short:
+        raise UnetrppError(f"token(s) {', '.join(map(str, short))} in {path} are shorter than 16 characters or hold "
+                           "spaces; use long random tokens (secrets.token_urlsafe(32))")
+    return tokens

@@ -1,0 +1,202 @@
+"""One worker process per device slot, each keeping the models it has used loaded.
+
+The server process never runs torch: it puts job ids on one shared task queue; every worker takes
+the next one, runs it with the engine's `Segmenter` (as `unetrpp segment` does) and reports on an event
+queue, which one thread of the server drains into the `JobStore`. A worker that dies (out of
+memory, killed) is noticed within a second: its job fails with the exit code and a new worker takes
+its place. Cancel = a `cancel` file in the job folder, which the worker checks between windows.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from .store import JobStore
+
+log = logging.getLogger(__name__)
+
+#: Progress events sent per job and second at most (the server keeps only the latest).
+PROGRESS_RATE_HZ = 4.0
+
+
+# The worker process ------------------------------------------------------------------------------
+class _CancelFile:
+    """Cancelled when the job's cancel file exists, or when the server process is gone."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def is_set(self) -> bool:
+        return self.path.exists() or not _server_alive()
+
+
+def _server_alive() -> bool:
+    parent = mp.parent_process()
+    return parent is None or parent.is_alive()
+
+
+def _worker_main(slot: int, device: str, threads: int | None, tasks: Any, events: Any) -> None:
+    """Process entry: take tasks until None. Every outcome becomes one event; nothing raises."""
+    logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{slot}[{device}] %(name)s: %(message)s")
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from ..errors import CancelledError, UnetrppError
+    from ..outputs import OutputPlan
+    from ..segmenter import Segmenter
+    from .options import JobOptions
+
+    models: dict[str, Segmenter] = {}
+    while True:
+        try:
+            task = tasks.get(timeout=2.0)
+        except queue.Empty:
+            if not _server_alive():  # the server was killed: do not linger as an orphan
+                return
+            continue
+        if task is None:
+            return
+        job_id, job_dir = task["id"], Path(task["dir"])
+        cancel = _CancelFile(job_dir / "cancel")
+        if cancel.is_set():
+            events.put(("cancelled", job_id, slot, {}))
+            continue
+        events.put(("started", job_id, slot, {"device": device}))
+        last = [0.0]
+
+        def sink(event, job_id=job_id) -> None:
+            now = time.monotonic()
+            if event.event == "stage" or (event.event == "progress" and now - last[0] >= 1 / PROGRESS_RATE_HZ):
+                last[0] = now
+                events.put(("progress", job_id, slot, {"stage": event.stage, "message": event.message,
+                                                       "done": event.done, "total": event.total,
+                                                       "fraction": event.fraction, "eta_s": event.eta_s}))
+
+        try:
+            segmenter = models.get(task["model"])
+            if segmenter is None:
+                sink_stage = {"stage": "load", "message": f"loading model {task['model']} on {device}"}
+                events.put(("progress", job_id, slot, sink_stage))
+                segmenter = models[task["model"]] = Segmenter(task["model_path"], device)
+            inputs = {name: str(job_dir / "inputs" / rel) for name, rel in task["inputs"].items()}
+            plan = OutputPlan.create(job_dir / f"result{task['output_suffix']}", job_dir / "result.report.json",
+                                     overwrite=True)
+            result = segmenter.segment(inputs, plan, sink=sink, cancel=cancel,
+                                       **JobOptions.from_json(task["options"]).run_options())
+            report = result.report
+            events.put(("done", job_id, slot, {"timing_s": report.get("timing_s", {})}))
+        except CancelledError:
+            events.put(("cancelled", job_id, slot, {}))
+        except UnetrppError as exc:
+            events.put(("failed", job_id, slot, {"error": str(exc)}))
+        except MemoryError:
+            events.put(("failed", job_id, slot, {"error": f"the server ran out of memory on {device} for this image"}))
+        except Exception as exc:  # a bug: the log gets the traceback, the client a message
+            logging.getLogger(__name__).exception("job %s failed", job_id)
+            events.put(("failed", job_id, slot, {"error": f"internal error ({type(exc).__name__}) while segmenting; "
+                                                          "the server log has the details"}))
+
+
+# The pool in the server process ------------------------------------------------------------------
+class WorkerPool:
+    """Worker processes over `devices` (`per_device` each), fed from one task queue."""
+
+    def __init__(self, store: JobStore, devices: list[str], per_device: int = 1, threads: int | None = None) -> None:
+        self.store = store
+        self.slots = [d for d in devices for _ in range(per_device)]
+        self.threads = threads
+        self._ctx = mp.get_context("spawn")  # CUDA and threads in the parent need spawn
+        self.tasks = self._ctx.Queue()
+        self.events = self._ctx.Queue()
+        self.procs: list[Any] = [None] * len(self.slots)
+        self.current: list[str | None] = [None] * len(self.slots)
+        self.progress: dict[str, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._pump = threading.Thread(target=self._drain, name="unetrpp-events", daemon=True)
+
+    def start(self) -> None:
+        for slot in range(len(self.slots)):
+            self._spawn(slot)
+        self._pump.start()
+
+    def _spawn(self, slot: int) -> None:
+        proc = self._ctx.Process(target=_worker_main, name=f"unetrpp-worker{slot}",
+                                 args=(slot, self.slots[slot], self.threads, self.tasks, self.events), daemon=True)
+        proc.start()
+        self.procs[slot] = proc
+        log.info("worker %d on %s started (pid %d)", slot, self.slots[slot], proc.pid)
+
+    def submit(self, job: dict[str, Any]) -> None:
+        self.tasks.put({"id": job["id"], "dir": str(self.store.job_dir(job["id"])), "model": job["model"],
+                        "model_path": job["model_path"], "inputs": job["inputs"],
+                        "output_suffix": job["output_suffix"], "options": job["options"]})
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        for _ in self.procs:
+            self.tasks.put(None)
+        for proc in self.procs:
+            if proc is not None:
+                proc.join(timeout)
+                if proc.is_alive():
+                    proc.terminate()
+                    proc.join(timeout)
+        self._pump.join(timeout)
+
+    # Events ----------------------------------------------------------------------------------
+    def _drain(self) -> None:
+        while not self._stop.is_set():
+            try:
+                kind, job_id, slot, data = self.events.get(timeout=1.0)
+            except queue.Empty:
+                self._check_workers()
+                continue
+            except (EOFError, OSError):
+                return
+            self._handle(kind, job_id, slot, data)
+
+    def _handle(self, kind: str, job_id: str, slot: int, data: dict[str, Any]) -> None:
+        now = time.time()
+        if kind == "started":
+            self.current[slot] = job_id
+            self.store.update(job_id, state="running", started=now, device=data["device"])
+        elif kind == "progress":
+            self.progress[job_id] = data
+        else:
+            self.current[slot] = None
+            self.progress.pop(job_id, None)
+            fields: dict[str, Any] = {"state": kind, "finished": now}
+            if kind == "failed":
+                fields["error"] = data["error"]
+            if kind == "done":
+                fields["timing_s"] = data["timing_s"]
+            self.store.update(job_id, **fields)
+            shutil.rmtree(self.store.job_dir(job_id) / "inputs", ignore_errors=True)  # not needed any more
+            log.info("job %s %s", job_id, kind)
+
+    def _check_workers(self) -> None:
+        for slot, proc in enumerate(self.procs):
+            if proc is None or proc.is_alive() or self._stop.is_set():
+                continue
+            job_id = self.current[slot]
+            log.error("worker %d on %s exited with code %s", slot, self.slots[slot], proc.exitcode)
+            if job_id is not None:
+                self._handle("failed", job_id, slot, {"error": (
+                    f"the worker process on {self.slots[slot]} stopped unexpectedly (exit code {proc.exitcode}; "
+                    "out of memory?) while segmenting this job")})
+            self._spawn(slot)
+
+
+def default_threads(devices: list[str], per_device: int) -> int | None:
+    """CPU workers share the cores; GPU workers keep torch's default."""
+    cpu_slots = sum(per_device for d in devices if d == "cpu")
+    return max(1, (os.cpu_count() or 1) // cpu_slots) if cpu_slots else None
