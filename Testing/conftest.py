@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("UNETRPP_SHARED", REPO.parent / "shared")).resolve()
 PARITY = SHARED / "parity"
 DATA = SHARED / "data"
+PIPELINE = SHARED / "pipeline"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `support` helpers
 
@@ -31,6 +32,12 @@ def parity_dir() -> Path:
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     return require(DATA)
+
+
+@pytest.fixture(scope="session")
+def pipeline_dir() -> Path:
+    """Official whole-pipeline references (../shared/pipeline/README.md)."""
+    return require(PIPELINE)
 
 
 @pytest.fixture(scope="session")

@@ -33,3 +33,7 @@ class OutputExistsError(UnetrppError):
 
 class CancelledError(UnetrppError):
     """The user cancelled the run."""
+
+
+class ResourceLimitError(UnetrppError):
+    """The work an input asks for exceeds a stated limit (the message names it), refused before allocating."""

@@ -33,9 +33,10 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from .errors import InputImageError
+from .errors import InputImageError, ResourceLimitError
 from .image import Image
-from .manifest import Manifest
+from .manifest import InputSpec, Manifest
+from .resampling import nearest_indices, resample, resample_segmentation, resize_slices
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def _grid_image(array: np.ndarray, reference: Image, box: Box) -> sitk.Image:
     return img
 
 
-# Resampling (nnU-Net's resize convention) -------------------------------------------------
+# Resampling (the official resample_data_or_seg, unetrpp.resampling) ----------------------------
 def _do_separate_z(spacing: Sequence[float], threshold: float) -> bool:
     return max(spacing) / min(spacing) > threshold
 
@@ -206,7 +207,7 @@ def _lowres_axis(spacing: Sequence[float]) -> int | None:
 
 
 def separate_z_axis(original: Sequence[float], target: Sequence[float], threshold: float) -> int | None:
-    """nnU-Net v1's rule: the original spacing decides first, then the target spacing."""
+    """nnU-Net v1's rule (preprocessing.py:78-95): the original spacing decides first, then the target."""
     if _do_separate_z(original, threshold):
         return _lowres_axis(original)
     if _do_separate_z(target, threshold):
@@ -216,40 +217,10 @@ def separate_z_axis(original: Sequence[float], target: Sequence[float], threshol
 
 def resize(array: np.ndarray, new_shape: Sequence[int], order: int, separate_axis: int | None = None,
            order_z: int = 0, out: np.ndarray | None = None) -> np.ndarray:
-    """Resample a 3D array to `new_shape` (voxel-edge aligned, edge values repeated), float32.
-    With `separate_axis`, every slice across that axis is resampled in-plane with `order`, then the
-    axis itself with `order_z`."""
-    new_shape = tuple(int(n) for n in new_shape)
-    src = array if array.dtype in (np.float32, np.float64) else array.astype(np.float32)
-    if out is None:
-        out = np.empty(new_shape, dtype=np.float32)
-    if tuple(src.shape) == new_shape:
-        out[...] = src
-        return out
-    if separate_axis is None:
-        zoom = [n / o for n, o in zip(new_shape, src.shape)]
-        ndimage.zoom(src, zoom, output=out, order=order, mode="nearest", grid_mode=True, prefilter=order > 1)
-        return out
-    ax = separate_axis
-    inplane_shape = tuple(n for i, n in enumerate(new_shape) if i != ax)
-    mid_shape = list(new_shape)
-    mid_shape[ax] = src.shape[ax]
-    mid = out if mid_shape[ax] == new_shape[ax] else np.empty(mid_shape, dtype=np.float32)
-    zoom2d = [n / o for n, o in zip(inplane_shape, (s for i, s in enumerate(src.shape) if i != ax))]
-    for k in range(src.shape[ax]):
-        sl = [slice(None)] * 3
-        sl[ax] = k
-        plane = src[tuple(sl)]
-        if tuple(plane.shape) == inplane_shape:
-            mid[tuple(sl)] = plane
-        else:
-            ndimage.zoom(plane, zoom2d, output=mid[tuple(sl)], order=order, mode="nearest", grid_mode=True,
-                         prefilter=order > 1)
-    if mid is not out:
-        zoom = [1.0, 1.0, 1.0]
-        zoom[ax] = new_shape[ax] / src.shape[ax]
-        ndimage.zoom(mid, zoom, output=out, order=order_z, mode="nearest", grid_mode=True, prefilter=order_z > 1)
-    return out
+    """Resample one 3D image channel to `new_shape` as the official code does (float32; see
+    `unetrpp.resampling.resample`). With `separate_axis`, every slice across that axis is resized
+    in-plane with `order` (2-D cubic convolution for order 3), then the axis itself with `order_z`."""
+    return resample(array, new_shape, order, separate_axis, order_z, out=out)
 
 
 # Forward ----------------------------------------------------------------------------------
@@ -300,17 +271,33 @@ def _orient(arrays: list[np.ndarray], state: PreprocessState) -> list[np.ndarray
     return out
 
 
+#: The largest network grid (voxels) the engine accepts: 2**27 (e.g. 512 x 512 x 512). The network
+#: input, the class probabilities (one float32 volume per class) and the sliding window all grow
+#: with it; a wrong spacing in a header (5000 mm instead of 0.5) would otherwise ask for terabytes.
+MAX_NETWORK_VOXELS = 1 << 27
+
+
 def _finish_geometry(state: PreprocessState, manifest: Manifest) -> None:
     plan = manifest.plan
     shape = np.asarray(_box_shape(state.crop_box), dtype=float)
-    new_shape = np.round(np.asarray(state.spacing_zyx) / np.asarray(state.target_spacing) * shape).astype(int)
+    # official preprocessing.py:69: round(original spacing / target spacing * shape)
+    new_shape = np.round(np.asarray(state.spacing_zyx) / np.asarray(state.target_spacing) * shape)
+    if not np.all(np.isfinite(new_shape)) or float(np.prod(np.maximum(new_shape, 1))) > MAX_NETWORK_VOXELS:
+        grid = " x ".join(f"{n:.0f}" for n in new_shape)
+        raise ResourceLimitError(
+            f"resampling the input ({' x '.join(str(int(n)) for n in shape)} voxels at "
+            f"{' x '.join(f'{v:g}' for v in state.spacing_zyx)} mm, z/y/x) to the model's spacing "
+            f"{' x '.join(f'{v:g}' for v in state.target_spacing)} mm gives a network grid of {grid} voxels, "
+            f"more than the limit of {MAX_NETWORK_VOXELS:,} voxels (MAX_NETWORK_VOXELS). Check the voxel "
+            "spacing in the image header, or restrict the work with a region of interest (--roi)"
+        )
     state.network_shape = tuple(int(max(n, 1)) for n in new_shape)  # type: ignore[assignment]
     state.separate_axis = separate_z_axis(state.spacing_zyx, state.target_spacing, float(plan.get("anisotropy_threshold", 3)))
 
 
 def forward_array(array: np.ndarray, state: PreprocessState, order: int | None = None) -> np.ndarray:
     """Map one array on the first input's grid to the network grid (ROI, orientation, crop,
-    resampling with `order`, default the image order), float32. Used for images and for masks."""
+    resampling with `order`, default the image order, as an image channel), float32."""
     a = array[state.roi_box]
     if a.dtype == bool:
         a = a.astype(np.uint8)
@@ -321,50 +308,100 @@ def forward_array(array: np.ndarray, state: PreprocessState, order: int | None =
 
 
 def normalise(x: np.ndarray, scheme: Mapping[str, Any], mask: np.ndarray | None = None) -> np.ndarray:
-    """In-place normalisation of one channel (float32) per the manifest's input scheme."""
+    """In-place normalisation of one channel (float32) per the manifest's input scheme, in the
+    official arithmetic (preprocessing.py:274-305): float32 statistics, sd + 1e-8."""
     kind = scheme["scheme"]
+    use_mask = bool(scheme.get("nonzero_mask")) and mask is not None
     if kind == "ct":
         lo, hi = scheme["clip"]
         np.clip(x, lo, hi, out=x)
         x -= np.float32(scheme["mean"])
         x /= np.float32(scheme["std"])
-    elif kind == "zscore":
-        if scheme.get("nonzero_mask") and mask is not None:
-            values = x[mask]
-            mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
-            x -= np.float32(mean)
-            x /= np.float32(std + 1e-8)
+        if use_mask:
             x[~mask] = 0
-        else:
-            mean, std = float(x.mean(dtype=np.float64)), float(x.std(dtype=np.float64))
-            x -= np.float32(mean)
-            x /= np.float32(std + 1e-8)
+    elif kind == "zscore":
+        values = x[mask] if use_mask else x
+        # numpy's float32 mean/std (pairwise sums), as the official code computes them
+        mean, std = (float(values.mean()), float(values.std())) if values.size else (0.0, 1.0)
+        x -= np.float32(mean)
+        x /= np.float32(std + 1e-8)
+        if use_mask:
+            x[~mask] = 0
     elif kind != "none":
         raise InputImageError(f"unknown normalisation scheme {kind!r} in the model manifest")
     return x
 
 
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What preprocessing needs from a model: its inputs (names, normalisation) and plan. A
+    `Manifest` has the same three attributes; training builds this from its plan file."""
+
+    name: str
+    inputs: Sequence[InputSpec]
+    plan: Mapping[str, Any]
+
+
+def _label_array(label: Image | np.ndarray, reference: Image) -> np.ndarray:
+    array = label.array if isinstance(label, Image) else np.asarray(label)
+    if array.shape != reference.array.shape:
+        raise InputImageError(
+            f"the label map has {array.shape[::-1]} voxels (x, y, z) but the first input has {reference.size}; "
+            "a label must be on its image's grid"
+        )
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.all(np.isfinite(array)) or np.any(array != np.round(array)):
+            raise InputImageError("the label map holds values that are not whole numbers")
+        array = array.astype(np.int32)
+    if array.size and array.min() < 0:
+        raise InputImageError(f"the label map holds negative values ({int(array.min())}); labels are 0 (background) or more")
+    return array
+
+
+def _segmentation_map(nonzero: np.ndarray, label: np.ndarray | None) -> np.ndarray:
+    """The official `seg` (cropping.py crop_to_nonzero): the label (or 0) inside the non-zero mask
+    and where the label is foreground, -1 elsewhere."""
+    if label is None:
+        return np.where(nonzero, 0, -1).astype(np.int8)
+    dtype = np.int16 if label.max(initial=0) < 2**15 else np.int32
+    seg = label.astype(dtype)
+    seg[(seg == 0) & ~nonzero] = -1
+    return seg
+
+
 def preprocess(
     images: Mapping[str, Image] | Sequence[Image],
-    manifest: Manifest,
+    manifest: Manifest | PreprocessSpec,
     roi: Sequence[Sequence[float]] | None = None,
-) -> tuple[np.ndarray, PreprocessState]:
-    """Inputs -> (C, D, H, W) float32 network input and the state to invert it."""
+    label: Image | np.ndarray | None = None,
+):
+    """Inputs -> (C, D, H, W) float32 network input and the state to invert it, as the official
+    `preprocess_test_case`: crop to the non-zero box, NaN are refused earlier by image reading,
+    resample (`unetrpp.resampling`), normalise.
+
+    With `label` (a label map on the first input's grid, as nnU-Net's `run_case(data, seg)`), returns
+    (network input, state, label on the network grid): the label goes through the same crop and
+    is resampled as the official training preprocessing does (`resize_segmentation`, order
+    `plan.label_order`, nearest along a separate axis), and the non-zero mask for normalisation is
+    taken from it as the official code does (label or inside the non-zero region)."""
     named = order_inputs(images, manifest)
     names = [n for n, _ in named]
     ref_name, reference = named[0]
     state = plan_state(reference, names, manifest, roi)
-    ref_grid = reference
     arrays = []
     for name, img in named:
         if img.array.ndim != 3:
             raise InputImageError(f"input {name!r} must be a 3D volume, got an array of shape {img.array.shape}")
-        array, warning = align_to_reference(ref_grid, img, name, ref_name)
+        array, warning = align_to_reference(reference, img, name, ref_name)
         if warning:
             log.warning("%s", warning)
             state.warnings.append(warning)
         arrays.append(array[state.roi_box])
     arrays = _orient(arrays, state)
+    lab = None
+    if label is not None:
+        lab = _label_array(label, reference)[state.roi_box]
+        lab = _orient([lab], state)[0] if state.orientation else lab
 
     if manifest.plan.get("crop_to_nonzero", True):
         state.crop_box = _nonzero_box(arrays)
@@ -374,14 +411,17 @@ def preprocess(
     _finish_geometry(state, manifest)
 
     specs = manifest.inputs
-    need_mask = any(s.normalization.get("nonzero_mask") for s in specs)
-    mask = None
-    if need_mask:
+    mask = seg = None
+    if label is not None or any(s.normalization.get("nonzero_mask") for s in specs):
+        # the official map: hole-filled non-zero mask of all channels (cropping.py create_nonzero_mask)
         nonzero = np.zeros(arrays[0].shape, dtype=bool)
         for a in arrays:
             nonzero |= a != 0
         nonzero = ndimage.binary_fill_holes(nonzero)
-        mask = resize(nonzero.astype(np.float32), state.network_shape, 0, state.separate_axis, 0) > 0.5
+        seg = _segmentation_map(nonzero, None if lab is None else lab[state.crop_box])
+        del nonzero
+        seg = resample_segmentation(seg, state.network_shape, state.label_order, state.separate_axis)
+        mask = seg >= 0
 
     out = np.empty((len(arrays), *state.network_shape), dtype=np.float32)
     for c, (a, spec) in enumerate(zip(arrays, specs)):
@@ -391,7 +431,11 @@ def preprocess(
         "preprocessed %d input(s): crop %s -> network grid %s at %s mm (separate axis %s)",
         len(arrays), _box_shape(state.crop_box), state.network_shape, state.target_spacing, state.separate_axis,
     )
-    return out, state
+    if label is None:
+        return out, state
+    seg[seg < 0] = 0  # outside the non-zero region is background (nnU-Net's RemoveLabelTransform(-1, 0))
+    dtype = np.uint8 if seg.max(initial=0) < 256 else np.int16 if seg.max() < 2**15 else np.int32
+    return out, state, seg.astype(dtype)
 
 
 # Inverse ----------------------------------------------------------------------------------
@@ -424,34 +468,59 @@ def _cropped_to_input(cropped: np.ndarray, state: PreprocessState, fill: float |
 
 def labels_to_input_grid(probabilities: Any, state: PreprocessState, *, with_confidence: bool = False):
     """Class probabilities (K, D, H, W) on the network grid -> labelmap `Image` (uint8, or uint16
-    for more than 255 classes) exactly on the first input's grid; background outside the ROI and
+    for more than 256 classes) exactly on the first input's grid; background outside the ROI and
     the crop. With `with_confidence`, also an `Image` (float32) of the winning class's probability.
 
-    One class channel is resampled at a time with a running argmax (ties go to the lower class,
-    as argmax), so memory holds two full-size float channels, not K."""
+    As the official export (segmentation_export.py:80-120): each class resampled to the cropped
+    grid with `plan.label_order` (1) and the separate-z rule, then argmax (ties to the lower
+    class). One class at a time with a running argmax, so memory holds two full-size float
+    channels, not K. With a separate axis and nearest neighbour along it, every output slice copies
+    one in-plane-resized network slice, so the argmax runs on the network's slices and only the
+    labels and confidence are spread along the axis."""
     probs = probabilities
     k = int(probs.shape[0])
     if tuple(probs.shape[1:]) != tuple(state.network_shape):
         raise ValueError(f"probabilities of shape {tuple(probs.shape)} do not match the network grid {state.network_shape}")
     crop_shape = _box_shape(state.crop_box)
     dtype = np.uint8 if k <= 256 else np.uint16
-    best = np.empty(crop_shape, dtype=np.float32)
-    labels = np.zeros(crop_shape, dtype=dtype)
-    channel = np.empty(crop_shape, dtype=np.float32)
-    better = np.empty(crop_shape, dtype=bool)
+    ax = state.separate_axis
+    gather = None
+    if ax is not None and state.separate_z_order == 0:
+        n, m = state.network_shape[ax], crop_shape[ax]
+        pick = nearest_indices(n, m) if n != m else np.arange(n)
+        needed, gather = np.unique(pick, return_inverse=True)
+        work_shape = list(crop_shape)
+        work_shape[ax] = len(needed)
+    else:
+        work_shape = list(crop_shape)
+    best = np.empty(work_shape, dtype=np.float32)
+    labels = np.zeros(work_shape, dtype=dtype)
+    channel = np.empty(work_shape, dtype=np.float32)
+    better = np.empty(work_shape, dtype=bool)
     for c in range(k):
         p = _to_numpy(probs[c])
         target = best if c == 0 else channel
-        resize(p, crop_shape, state.label_order, state.separate_axis, state.separate_z_order, out=target)
+        if gather is None:
+            resize(p, crop_shape, state.label_order, ax, state.separate_z_order, out=target)
+        else:
+            src = np.take(p, needed, axis=ax)
+            resize_slices(np.moveaxis(src, ax, 0), _plane(crop_shape, ax), state.label_order, np.moveaxis(target, ax, 0))
         if c:
             np.greater(channel, best, out=better)
             np.copyto(best, channel, where=better)
             labels[better] = c
     del channel, better
+    if gather is not None:
+        labels = np.take(labels, gather, axis=ax)
+        best = np.take(best, gather, axis=ax) if with_confidence else best
     label_img = _cropped_to_input(labels, state)
     if not with_confidence:
         return label_img
     return label_img, _cropped_to_input(best, state, fill=0.0)
+
+
+def _plane(shape: Sequence[int], axis: int) -> tuple[int, int]:
+    return tuple(int(n) for i, n in enumerate(shape) if i != axis)  # type: ignore[return-value]
 
 
 def array_to_input_grid(array: Any, state: PreprocessState, order: int = 1, fill: float = 0.0) -> Image:
