@@ -248,3 +248,78 @@ def test_separate_z_rule():
     assert separate_z_axis((1.0, 1.0, 1.0), (3.0, 0.76, 0.76), 3) == 0  # decided by the target
     assert separate_z_axis((1.0, 1.0, 1.0), (1.5, 1.0, 1.0), 3) is None
     assert separate_z_axis((0.9, 5.5, 5.5), (0.9, 5.5, 5.5), 3) is None  # two coarse axes
+
+
+# Resource bound (issue 12 item 6) ------------------------------------------------------------------
+def test_network_grid_over_the_limit_is_refused_before_allocating(ct):
+    import tracemalloc
+
+    from unetrpp.errors import ResourceLimitError, UnetrppError
+    from unetrpp.preprocess import MAX_NETWORK_VOXELS
+
+    huge = Image(ct.array, (5000.0, 5000.0, 5000.0), ct.origin, ct.direction)  # mm instead of µm-scale
+    tracemalloc.start()
+    try:
+        with pytest.raises(ResourceLimitError, match=f"more than the limit of {MAX_NETWORK_VOXELS:,} voxels") as err:
+            preprocess([huge], manifest("synapse"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert isinstance(err.value, UnetrppError)
+    assert "30 x 101 x 122 voxels at 5000 x 5000 x 5000 mm" in str(err.value)
+    assert peak < 64 * 2**20  # refused from the geometry, before any resampling buffer exists
+    # just under the limit is accepted: the geometry alone decides
+    x, state = preprocess([ct], manifest("synapse", target_spacing=[3.0, 3.0, 3.0]))
+    assert np.prod(state.network_shape) < MAX_NETWORK_VOXELS
+
+
+def test_cli_refuses_huge_spacing_with_error_and_exit_2(ct, data_dir, tmp_path):
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+    from segment_helpers import make_package
+
+    pkg = make_package(tmp_path / "synapse-tiny")
+    img = sitk.ReadImage(str(data_dir / CT))
+    img.SetSpacing((5000.0, 5000.0, 5000.0))
+    src = tmp_path / "huge-spacing.nii.gz"
+    sitk.WriteImage(img, str(src))
+    out = tmp_path / "out.nii.gz"
+    proc = subprocess.run([sys.executable, "-m", "unetrpp", "segment", "--model", str(pkg), str(src), "-o", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    error = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and "Traceback" not in proc.stderr
+    assert "limit of 134,217,728 voxels" in error[0] and "Check the voxel spacing" in error[0]
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["huge-spacing.nii.gz", "synapse-tiny"]
+
+
+# Optional label (training: nnU-Net's run_case(data, seg)) --------------------------------------------
+def test_label_goes_through_the_same_crop_and_resampling(data_dir):
+    images = {n: read_image(data_dir / BRATS.format(f)) for n, f in (("flair", "t2f"), ("t1", "t1n"), ("t1gd", "t1c"), ("t2", "t2w"))}
+    tumour = read_image(data_dir / BRATS.format("segmentation"))
+    x0, state0 = preprocess(images, manifest("brats"))
+    x, state, seg = preprocess(images, manifest("brats"), label=tumour)
+    assert not state.resampled
+    np.testing.assert_array_equal(seg, tumour.array[state.crop_box])  # no resampling: the label as it is
+    # the normalisation mask is the official one: non-zero voxels or labelled ones (a few tumour
+    # voxels of this case are 0 in every channel); with the label inside the non-zero region the
+    # network input is the same as without a label
+    nonzero = np.any([img.array != 0 for img in images.values()], axis=0)
+    assert ((tumour.array > 0) & ~nonzero).any()
+    x_inside, _, _ = preprocess(images, manifest("brats"), label=tumour.array * nonzero)
+    np.testing.assert_array_equal(x_inside, x0)
+    assert not np.array_equal(x, x0)
+
+    x, state, seg = preprocess(images, manifest("brats", target_spacing=[1.5, 1.3, 1.3]), label=tumour)
+    assert seg.shape == x.shape[1:] == state.network_shape and seg.dtype == np.uint8
+    assert set(np.unique(seg)) <= set(np.unique(tumour.array))
+    for value in (1, 2, 3):  # each class mapped back onto the input grid
+        back = labels_to_input_grid(two_class(seg == value), state)
+        assert dice(back.array, tumour.array == value) > 0.85, value
+
+    with pytest.raises(InputImageError, match="must be on its image's grid"):
+        preprocess(images, manifest("brats"), label=tumour.array[:, :, :-1])
+    with pytest.raises(InputImageError, match="negative"):
+        preprocess(images, manifest("brats"), label=-tumour.array.astype(np.int16))
