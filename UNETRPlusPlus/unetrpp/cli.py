@@ -11,7 +11,7 @@ from . import __version__
 from .errors import UnetrppError
 
 # Sub-command modules, in the order `unetrpp --help` lists them.
-COMMANDS = ["segment", "models", "import_official", "serve"]
+COMMANDS = ["segment", "batch", "models", "import_official", "serve"]
 
 
 def build_parser() -> argparse.ArgumentParser:
