@@ -272,3 +272,47 @@ def test_stitching_memory_is_the_accumulator_and_weights(tmp_path):
     window_output = 14 * 64 * 128 * 128 * 4  # one window's probabilities, float32
     budget = accumulator * (1 + 1 / 14) + 3 * window_output + 64 * 2**20  # + weights, a few window buffers
     assert grown < budget, f"peak grew by {grown / 2**20:.0f} MiB for a {accumulator / 2**20:.0f} MiB accumulator"
+
+
+# The documented inference entry points of a loaded package -----------------------------------------
+@pytest.fixture(scope="module")
+def small_package(tmp_path_factory):
+    """A real package (official synapse manifest) with a small network: patch 16x32x32."""
+    from support.packages import make_tiny_package
+
+    return make_tiny_package(tmp_path_factory.mktemp("pkg") / "small", patch_size=(16, 32, 32), stem_kernel=(2, 4, 4))
+
+
+def test_model_optimized_is_the_fast_module_with_the_faithful_output(small_package):
+    import unetrpp
+    from unetrpp.network import UNETRPP
+    from unetrpp.network.fast import FastUNETRPP
+
+    model = unetrpp.load(small_package)
+    fast = model.optimized()
+    assert isinstance(fast, FastUNETRPP) and isinstance(model.network, UNETRPP)  # the faithful one stays
+    x = deterministic_input((1, *model.network.config.input_shape), dtype=torch.float32)
+    with torch.no_grad():
+        expected = model.network(x)
+    got = fast(x)
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-5
+
+
+def test_model_predict_uses_the_package_defaults_and_the_fast_network(small_package):
+    import unetrpp
+
+    model = unetrpp.load(small_package)
+    defaults = model.manifest.inference_defaults
+    patch = tuple(model.network.config.patch_size)
+    x = volume((patch[0], patch[1] + 8, patch[2]))  # two windows along y
+    got = model.predict(x, device="cpu", fast=True)
+    faithful = predict_probabilities(model.network, x, patch_size=patch, overlap=defaults.overlap, mirror_axes=(),
+                                     sigma_scale=defaults.gaussian_sigma_scale, device="cpu", optimize=False)
+    assert got.shape == faithful.shape == (model.network.config.out_channels, *x.shape[1:])
+    torch.testing.assert_close(got, faithful, rtol=0, atol=1e-5)
+    # without fast=True the package's mirror axes are used (the official default: all three)
+    assert defaults.mirror_axes == (0, 1, 2)
+    one = x[:, :, :patch[1]]
+    mirrored = model.predict(one, device="cpu")
+    explicit = predict_probabilities(model.network, one, patch_size=patch, mirror_axes=(0, 1, 2), device="cpu")
+    torch.testing.assert_close(mirrored, explicit, rtol=0, atol=0)
