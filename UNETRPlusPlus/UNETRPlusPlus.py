@@ -12,20 +12,24 @@ import os
 import ctk  # noqa: F401 - registers ctk widgets used by the .ui
 import qt
 import slicer
-import vtk  # noqa: F401
+import vtk
 from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModule,
     ScriptedLoadableModuleLogic,
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.util import VTKObservationMixin
 
-from UNETRPlusPlusLib import dependencies, modelstore
+from UNETRPlusPlusLib import dependencies, modelstore, sampledata, selftest
 from UNETRPlusPlusLib.errors import ModuleError
-from UNETRPlusPlusLib.logic import ModelManager, SegmentationLogic, scene_volumes
+from UNETRPlusPlusLib.logic import ModelManager, SegmentationLogic, resolve_model, scene_volumes
 from UNETRPlusPlusLib.parameters import Parameters, parameter_node
-from UNETRPlusPlusLib.state import DEVICES, MAX_INPUT_SELECTORS, GuiState
+from UNETRPlusPlusLib.process import GpuProbe
+from UNETRPlusPlusLib.state import MAX_INPUT_SELECTORS, GuiState, device_choices, official_variant_choice
+from UNETRPlusPlusLib.terminologies import load_terminology
 
 CITATION = (
     "Shaker A, Maaz M, Rasheed H, Khan S, Yang M-H, Khan FS. UNETR++: Delving into Efficient and "
@@ -37,24 +41,42 @@ OFFICIAL_VARIANTS = ("synapse", "acdc", "brats", "lung")
 class UNETRPlusPlus(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "UNETR++"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("UNETR++")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["UNETR++ for 3D Slicer developers (Independent)"]
-        self.parent.helpText = (
+        self.parent.helpText = _(
             "Segment CT and MRI volumes with UNETR++ models: choose a model, select the input "
             "volume(s), click <b>Segment</b>. The segmentation gets the model's segment names, "
             "colours and terminology, and a table with the volume of each segment.<br>"
+            "Try it: <i>Sample Data</i> module, category UNETR++, then Segment with the demo model.<br>"
             "Models: install a model package or an official UNETR++ checkpoint with "
             "<i>Install from file</i>. Each model has its own licence, shown under the model "
             "selector; the official weights are Apache-2.0 and the training data's terms also apply.<br>"
             "<b>Not a medical device: research use only.</b><br>"
-            f"If you use UNETR++, cite: {CITATION}"
-        )
-        self.parent.acknowledgementText = (
+            "If you use UNETR++, cite: {citation}"
+        ).format(citation=CITATION)
+        self.parent.acknowledgementText = _(
             "UNETR++ was developed by Abdelrahman Shaker et al. (github.com/Amshaker/unetr_plus_plus). "
-            "This module packages it for 3D Slicer; it uses PyTorch, MONAI and SimpleITK."
+            "This module packages it for 3D Slicer; it uses PyTorch, safetensors and SimpleITK."
         )
+        # After start-up, when the SampleData and Terminologies modules exist
+        slicer.app.connect("startupCompleted()", registerResources)
+
+
+def registerResources():
+    """The example CT in the Sample Data module (category UNETR++, from the installed file:
+    offline) and the UNETR++ terminology context (entries Slicer's default lists lack)."""
+    try:
+        import SampleData
+
+        sampledata.register(SampleData.SampleDataLogic)
+    except Exception:  # noqa: BLE001 - a missing sample must not stop the module from loading
+        logging.exception("UNETR++: could not register the sample data")
+    try:
+        load_terminology(slicer.util.getModuleLogic("Terminologies"))
+    except Exception:  # noqa: BLE001 - segments then keep their codes, only the picker lacks the entry
+        logging.exception("UNETR++: could not load the terminology")
 
 
 class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
@@ -70,6 +92,9 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.run = None
         self.task = None
         self._updating = False
+        self._observingParams = None
+        self._writingParams = False  # our own writes to the parameter node are not news to us
+        self.gpuProbe = None
         self.timer = qt.QTimer()
         self.timer.setInterval(100)
         self.timer.connect("timeout()", self.onTimer)
@@ -85,8 +110,11 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.models = ModelManager()
         self.inputLabels = [getattr(self.ui, f"inputLabel{i}") for i in range(MAX_INPUT_SELECTORS)]
         self.inputSelectors = [getattr(self.ui, f"inputSelector{i}") for i in range(MAX_INPUT_SELECTORS)]
-        for value, text in DEVICES:
-            self.ui.deviceSelector.addItem(text, value)
+        self.setDeviceChoices([])
+        self.gpuProbe = GpuProbe()  # which GPUs the engine sees, without torch in Slicer's process
+        qt.QTimer.singleShot(500, self.checkGpuProbe)
+        # the official checkpoints' links are clickable (openExternalLinks in the .ui)
+        self.ui.modelInfoLabel.setTextInteractionFlags(qt.Qt.TextBrowserInteraction)
 
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelChanged)
         for index, selector in enumerate(self.inputSelectors):
@@ -102,12 +130,11 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.refreshModelsButton.connect("clicked(bool)", self.refreshModels)
         self.ui.installDependenciesButton.connect("clicked(bool)", self.onInstallDependencies)
 
+        # Scene close: always (a run must stop with its scene). Node added/removed and the parameter
+        # node: only while the module is shown (enter/exit), as Slicer's module template does.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
-        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
         self.state.missing_dependencies = dependencies.missing_packages()
-        self.initializeParameterNode()
         self.refreshModels()
 
     def cleanup(self):
@@ -118,10 +145,19 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self):
         self.initializeParameterNode()
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+        self.onSceneNodesChanged()
+
+    def exit(self):
+        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onSceneNodesChanged)
+        self.removeObserver(slicer.mrmlScene, slicer.mrmlScene.NodeRemovedEvent, self.onSceneNodesChanged)
+        self.observeParameterNode(None)
 
     def onSceneStartClose(self, caller, event):
         if self.run is not None and not self.run.done:
             self.run.cancel()
+        self.observeParameterNode(None)
         self.params = None
 
     def onSceneEndClose(self, caller, event):
@@ -130,24 +166,57 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def initializeParameterNode(self):
         self.params = Parameters(parameter_node(slicer.mrmlScene))
+        self.observeParameterNode(self.params.node)
+        self.onParameterNodeModified()
+
+    def observeParameterNode(self, node):
+        if self._observingParams is not None:
+            self.removeObserver(self._observingParams, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self._observingParams = node
+        if node is not None:
+            self.addObserver(node, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+
+    def onParameterNodeModified(self, *_args):
+        """The parameter node changed (a loaded scene, a script, undo): the GUI follows it."""
+        if self.params is None or self._updating or self._writingParams:
+            return
         self.state.model_name = self.params.model or self.state.model_name
         self.state.assignments = self.params.input_ids()
         self.state.device, self.state.fast = self.params.device, self.params.fast
         self.updateGUI()
 
+    def setDeviceChoices(self, gpus):
+        self._updating = True
+        try:
+            self.ui.deviceSelector.clear()
+            for value, text in device_choices(gpus):
+                self.ui.deviceSelector.addItem(text, value)
+        finally:
+            self._updating = False
+        self.updateGUI()
+
+    def checkGpuProbe(self):
+        gpus = self.gpuProbe.result() if self.gpuProbe is not None else []
+        if gpus is None:
+            qt.QTimer.singleShot(500, self.checkGpuProbe)
+            return
+        self.gpuProbe = None
+        if gpus:
+            self.setDeviceChoices(gpus)
+
     # State -> widgets ----------------------------------------------------------------------------
-    def refreshModels(self, *_):
+    def refreshModels(self, *args):
         self.state.set_models(modelstore.available_models())
         self._updating = True
         self.ui.modelSelector.clear()
         for m in self.state.models:
-            self.ui.modelSelector.addItem(m.title + ("" if m.installed else "  (not installed)"), m.name)
+            self.ui.modelSelector.addItem(m.title + ("" if m.installed else "  " + _("(not installed)")), m.name)
         index = self.ui.modelSelector.findData(self.state.model_name)
         self.ui.modelSelector.setCurrentIndex(max(index, 0))
         self._updating = False
         self.onSceneNodesChanged()
 
-    def onSceneNodesChanged(self, *_):
+    def onSceneNodesChanged(self, *args):
         if self.params is None:
             return
         self.state.set_volumes(scene_volumes(slicer.mrmlScene))
@@ -157,9 +226,13 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def storeAssignments(self):
         if self.params is None:
             return
-        for spec in self.state.required_inputs():
-            node_id = self.state.assignments.get(spec.name)
-            self.params.set_input_node(spec.name, slicer.mrmlScene.GetNodeByID(node_id) if node_id else None)
+        self._writingParams = True
+        try:
+            for spec in self.state.required_inputs():
+                node_id = self.state.assignments.get(spec.name)
+                self.params.set_input_node(spec.name, slicer.mrmlScene.GetNodeByID(node_id) if node_id else None)
+        finally:
+            self._writingParams = False
 
     def updateGUI(self):
         if self.params is None or not hasattr(self, "ui"):
@@ -185,7 +258,9 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             missing = self.state.missing_dependencies
             self.ui.installDependenciesButton.visible = bool(missing)
             self.ui.dependenciesLabel.visible = bool(missing)
-            self.ui.dependenciesLabel.text = ("Missing Python packages: " + ", ".join(missing)) if missing else ""
+            self.ui.dependenciesLabel.text = (
+                _("Missing Python packages: {packages}").format(packages=dependencies.describe_missing(missing))
+                if missing else "")
             enabled, reason = self.state.segment_enabled()
             self.ui.segmentButton.text = self.state.button_text()
             self.ui.segmentButton.enabled = enabled
@@ -210,7 +285,9 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.state.select_model(self.ui.modelSelector.itemData(index))
         if self.params is not None:
+            self._writingParams = True
             self.params.model = self.state.model_name
+            self._writingParams = False
         self.storeAssignments()
         self.updateGUI()
 
@@ -225,25 +302,29 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onOutputChanged(self, node):
         if not self._updating and self.params is not None:
+            self._writingParams = True
             self.params.output_node = node
+            self._writingParams = False
 
-    def onSettingsChanged(self, *_):
+    def onSettingsChanged(self, *args):
         if self._updating or self.params is None:
             return
         self.state.device = self.ui.deviceSelector.currentData or "auto"
         self.state.fast = self.ui.fastModeCheckBox.checked
+        self._writingParams = True
         self.params.device, self.params.fast = self.state.device, self.state.fast
         self.params.probabilities = self.ui.probabilitiesCheckBox.checked
+        self._writingParams = False
         self.updateGUI()
 
     # Segment / cancel ------------------------------------------------------------------------------
     def onSegmentClicked(self):
         if self.run is not None and not self.run.done:
+            # ask the engine's whole process tree to stop; the timer finishes the run once every
+            # process is gone (within about a second), the GUI never waits for it
             self.state.cancelling = True
+            self.run.request_cancel()
             self.updateGUI()
-            slicer.app.processEvents()
-            self.run.cancel()
-            self.onTimer()
             return
         inputs = {spec.name: slicer.mrmlScene.GetNodeByID(self.state.assignments.get(spec.name, ""))
                   for spec in self.state.required_inputs()}
@@ -258,7 +339,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.state.finish_run(error=str(exc))
             self.updateGUI()
             self.appendLog()
-            slicer.util.errorDisplay(str(exc), windowTitle="UNETR++")
+            slicer.util.errorDisplay(str(exc), windowTitle=_("UNETR++"))
             return
         self.timer.start()
         self.updateGUI()
@@ -278,10 +359,11 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if run.error is not None:
                 self.state.finish_run(error=str(run.error))
                 if run.error.kind != "cancelled":
-                    slicer.util.errorDisplay(str(run.error), windowTitle="UNETR++", detailedText=run.error.details or None)
+                    slicer.util.errorDisplay(str(run.error), windowTitle=_("UNETR++"), detailedText=run.error.details or None)
             else:
                 result = run.result
-                self.state.finish_run(message=f"Done in {result.seconds:.1f} s: {result.segmentation_node.GetName()}")
+                self.state.finish_run(message=_("Done in {seconds} s: {name}").format(
+                    seconds=f"{result.seconds:.1f}", name=result.segmentation_node.GetName()))
                 self.ui.outputSelector.setCurrentNode(result.segmentation_node)
                 slicer.util.setSliceViewerLayers(background=run.reference, fit=False)
         self.updateGUI()
@@ -302,9 +384,9 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if task.error is not None:
             self.state.finish_run(error=str(task.error))
             if task.error.kind != "cancelled":
-                slicer.util.errorDisplay(str(task.error), windowTitle="UNETR++")
+                slicer.util.errorDisplay(str(task.error), windowTitle=_("UNETR++"))
         else:
-            self.state.finish_run(message=f"Installed model at {task.installed_path}")
+            self.state.finish_run(message=_("Installed model at {path}").format(path=task.installed_path))
             if task.installed_path:
                 self.state.model_name = task.installed_path.name
             self.refreshModels()
@@ -319,34 +401,43 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onInstallFromFile(self):
         path = qt.QFileDialog.getOpenFileName(
-            slicer.util.mainWindow(), "Install UNETR++ model",
-            "", "Model package or official checkpoint (*.zip model.json *.model *.pth *.pt);;All files (*)")
+            slicer.util.mainWindow(), _("Install UNETR++ model"),
+            "", _("Model package or official checkpoint") + " (*.zip model.json *.model *.pth *.pt);;"
+            + _("All files") + " (*)")
         if not path:
             return
         variant = None
         if path.endswith("model.json"):
             path = os.path.dirname(path)
         elif os.path.splitext(path)[1].lower() in (".model", ".pth", ".pt"):
-            variant = qt.QInputDialog.getItem(
-                slicer.util.mainWindow(), "Official UNETR++ checkpoint",
-                "Which official network is this checkpoint?", list(OFFICIAL_VARIANTS), 0, False)
-            if not variant:  # dialog cancelled
+            # A dialog object, not QInputDialog.getItem: through PythonQt getItem cannot report
+            # Cancel (its `ok` is an output pointer) and returns the first item instead.
+            dialog = qt.QInputDialog(slicer.util.mainWindow())
+            dialog.setWindowTitle(_("Official UNETR++ checkpoint"))
+            dialog.setLabelText(_("Which official network is this checkpoint?"))
+            dialog.setComboBoxItems(list(OFFICIAL_VARIANTS))
+            dialog.setComboBoxEditable(False)
+            accepted = bool(dialog.exec_())
+            variant = official_variant_choice(accepted, dialog.textValue(), OFFICIAL_VARIANTS)
+            dialog.deleteLater()
+            if variant is None:  # cancelled: nothing is installed
                 return
         try:
             self._startTask(self.models.install_from_file(path, official_variant=variant, on_event=self.state.apply_event))
         except ModuleError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="UNETR++")
+            slicer.util.errorDisplay(str(exc), windowTitle=_("UNETR++"))
 
     def onRemoveModel(self):
         model = self.state.model
         if model is None or not model.installed:
             return
-        if not slicer.util.confirmOkCancelDisplay(f"Remove model '{model.name}' ({model.path})?", windowTitle="UNETR++"):
+        if not slicer.util.confirmOkCancelDisplay(
+                _("Remove model '{name}' ({path})?").format(name=model.name, path=model.path), windowTitle=_("UNETR++")):
             return
         try:
             self.models.remove(model.name)
         except ModuleError as exc:
-            slicer.util.errorDisplay(str(exc), windowTitle="UNETR++")
+            slicer.util.errorDisplay(str(exc), windowTitle=_("UNETR++"))
         self.state.model_name = ""
         self.refreshModels()
 
@@ -358,11 +449,11 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.updateGUI()
             return
         if not slicer.util.confirmOkCancelDisplay(
-                "UNETR++ needs these Python packages, which will be installed now (this can take several "
-                f"minutes and needs internet access):\n{plan.describe()}\n\nSlicer's own numpy, SimpleITK "
-                "and VTK are not changed.", windowTitle="UNETR++"):
+                _("UNETR++ needs these Python packages, which will be installed now (this can take several "
+                  "minutes and needs internet access):\n{plan}\n\nSlicer's own numpy, SimpleITK "
+                  "and VTK are not changed.").format(plan=plan.describe()), windowTitle=_("UNETR++")):
             return
-        with slicer.util.tryWithErrorDisplay("Installing the Python packages failed.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
             dependencies.install(missing, confirmed=True)
         self.state.missing_dependencies = dependencies.missing_packages()
         self.updateGUI()
@@ -380,7 +471,10 @@ class UNETRPlusPlusLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
 
 
 class UNETRPlusPlusTest(ScriptedLoadableModuleTest):
-    """In-Slicer smoke test (the full suite runs headless with pytest: Testing/slicer/)."""
+    """Reload & Test, and ctest `py_UNETRPlusPlus`: input validation, then a real segmentation of
+    the sample CT (from the Sample Data module) with the bundled demo model, checking segment names
+    and Dice against the reference labels (UNETRPlusPlusLib/selftest.py; the same check runs
+    headless in Testing/slicer/test_selftest.py)."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
@@ -388,12 +482,14 @@ class UNETRPlusPlusTest(ScriptedLoadableModuleTest):
     def runTest(self):
         self.setUp()
         self.test_state_and_bad_input()
+        self.setUp()
+        self.test_segment_sample_with_demo_model()
 
     def test_state_and_bad_input(self):
         from UNETRPlusPlusLib.errors import InputError
         from UNETRPlusPlusLib.modelstore import ModelInfo, ModelInput
 
-        self.delayDisplay("UNETR++: checking input validation")
+        self.delayDisplay(_("UNETR++: checking input validation"))
         model = ModelInfo(name="demo", title="demo", installed=True, path=None,
                           inputs=(ModelInput("ct", "CT"),))
         logic = UNETRPlusPlusLogic()
@@ -406,5 +502,20 @@ class UNETRPlusPlusTest(ScriptedLoadableModuleTest):
         state = GuiState()
         state.set_models([model])
         self.assertFalse(state.segment_enabled()[0])
-        logging.info("UNETR++ smoke test passed")
-        self.delayDisplay("Test passed")
+
+    def test_segment_sample_with_demo_model(self):
+        import SampleData
+
+        self.delayDisplay(_("UNETR++: segmenting the sample CT with the demo model"))
+        registerResources()
+        ct = SampleData.downloadSample(sampledata.SAMPLE_NAME)
+        self.assertIsNotNone(ct)
+        logic = UNETRPlusPlusLogic()
+        result, scores = selftest.run(logic, ct, timeout=600)
+        segmentation = result.segmentation_node.GetSegmentation()
+        names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        self.assertEqual(names, [label.name for label in resolve_model(selftest.DEMO_MODEL).labels])
+        for organ, minimum in selftest.MIN_DICE.items():
+            self.assertGreater(scores[organ], minimum, f"{organ}: Dice {scores[organ]:.3f}")
+        logging.info("UNETR++ self-test: Dice %s", {k: round(v, 3) for k, v in scores.items()})
+        self.delayDisplay(_("Test passed"))

@@ -13,6 +13,7 @@ from unetrpp.errors import UnetrppError
 from unetrpp.image import Image, read_image
 from unetrpp.manifest import Manifest
 from unetrpp.official_models import official_manifest
+from unetrpp.terminology import context_of
 from unetrpp.segmentation import (
     LCC_CONNECTIVITY,
     atomic_path,
@@ -93,7 +94,7 @@ def test_seg_nrrd_reads_back_in_slicerio(tmp_path, btcv_labelmap, data_dir):
         term = s["terminology"]
         for key, value in expected_terminology(label.terminology).items():
             assert term[key] == value, (label.name, key)
-        assert term["contextName"] == "Segmentation category and type - 3D Slicer General Anatomy list"
+        assert term["contextName"] == context_of(label.terminology)  # the Slicer list that holds the entry
         mask = slicerio.segment_mask(seg, s)
         assert mask.sum() == (btcv_labelmap.array == label.value).sum()
         if label.value in present:  # extent = bounding box in i, j, k

@@ -12,7 +12,6 @@ import os
 import stat
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from slicer_support import load_volume

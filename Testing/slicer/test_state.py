@@ -171,3 +171,53 @@ def test_malformed_progress_events_do_not_raise_and_bad_eta_does_not_stick(event
     assert state.progress_text() == "Running UNETR++ 75%, about 12 s left"
     state.apply_event({"event": "progress", "stage": "predict", "done": 1, "total": 4})
     assert state.progress_text() == "Running UNETR++ 25%"
+
+
+def test_gpu_choice_when_several_gpus_exist():
+    from UNETRPlusPlusLib.parameters import Parameters, parameter_node
+    from UNETRPlusPlusLib.process import GpuProbe
+    from UNETRPlusPlusLib.state import device_choices, valid_device
+
+    assert [v for v, _ in device_choices([])] == ["auto", "cuda", "cpu"]
+    assert device_choices(["NVIDIA H200"])[1] == ("cuda", "GPU (NVIDIA H200)")
+    several = device_choices(["NVIDIA A100", "NVIDIA T4"])
+    assert [v for v, _ in several] == ["auto", "cuda:0", "cuda:1", "cpu"]
+    assert several[2][1] == "GPU 1: NVIDIA T4"
+    assert all(valid_device(v) for v, _ in several) and not valid_device("cuda:x") and not valid_device("gpu")
+    import slicer
+
+    scene = slicer.vtkMRMLScene()
+    params = Parameters(parameter_node(scene))
+    params.device = "cuda:1"
+    assert params.device == "cuda:1"
+    params.device = "rm -rf"
+    assert params.device == "auto"
+    # the real probe in the engine's Python: names of the GPUs torch sees (none on this machine)
+    import torch
+
+    assert GpuProbe().wait() == [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+
+
+def test_cancelled_variant_dialog_installs_nothing():
+    from UNETRPlusPlusLib.state import official_variant_choice
+
+    variants = ("synapse", "acdc", "brats", "lung")
+    assert official_variant_choice(False, "synapse", variants) is None  # Cancel (text = first item)
+    assert official_variant_choice(True, "acdc", variants) == "acdc"
+    assert official_variant_choice(True, "", variants) is None
+
+
+def test_official_checkpoint_links_are_clickable_and_package_text_is_escaped():
+    m = next(x for x in catalogue_models() if x.url.startswith("https://") and not x.installed and not x.downloadable)
+    state = GuiState()
+    state.set_models([m])
+    text = state.model_info_text()
+    assert f'<a href="{m.url}">{m.url}</a>' in text
+    from dataclasses import replace
+
+    hostile = replace(m, title="<img src=x onerror=alert(1)>", description="<script>x</script>",
+                      url="javascript:alert(1)")
+    state.set_models([hostile])
+    text = state.model_info_text()
+    assert "<img" not in text and "<script>" not in text and 'href="javascript' not in text
+    assert "&lt;script&gt;" in text

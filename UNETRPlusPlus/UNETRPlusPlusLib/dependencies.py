@@ -1,5 +1,10 @@
 """Python packages the engine needs inside Slicer, and how to install them without breaking Slicer.
 
+Only what inference imports (the engine's import graph; Testing/slicer/test_dependencies.py runs a
+real segmentation with MONAI blocked): MONAI and the training/benchmark packages stay optional, so
+a failed MONAI install never keeps a user from segmenting. An installed package whose version is
+outside the range (e.g. an old torch) counts as missing.
+
 - torch comes from the PyTorch extension (`PyTorchUtils`), which picks the build for the GPU/CUDA
   version; only without that extension is it installed with pip (CPU build from PyPI).
 - the others are installed with `slicer.util.pip_install`, constrained so that Slicer's own
@@ -19,21 +24,49 @@ from typing import Any, Callable
 
 log = logging.getLogger(__name__)
 
-# import name -> pip requirement (same ranges as pyproject.toml)
+# import name -> pip requirement (same ranges as pyproject.toml; numpy and SimpleITK: PROTECTED)
 REQUIREMENTS = {
     "torch": "torch>=2.1,<2.15",
     "safetensors": "safetensors>=0.4,<1",
-    "monai": "monai>=1.3,<1.7",
     "jsonschema": "jsonschema>=4.18,<5",
     "scipy": "scipy>=1.10,<2",
     "tqdm": "tqdm>=4.60,<5",
+    "slicerio": "slicerio>=1.1,<2",
 }
 # Bundled with Slicer: never installed, upgraded or replaced by this module.
 PROTECTED = ("numpy", "SimpleITK", "vtk")
 
 
+def version_problem(name: str, version: Callable[[str], str] = importlib.metadata.version) -> str:
+    """Why the installed `name` does not satisfy REQUIREMENTS[name] ('' when it does, or when its
+    version cannot be read: then it is trusted)."""
+    try:
+        from packaging.requirements import Requirement  # noqa: PLC0415 - pip's own parser (in Slicer)
+        from packaging.version import InvalidVersion, Version  # noqa: PLC0415
+    except ImportError:
+        return ""
+    requirement = Requirement(REQUIREMENTS[name])
+    try:
+        installed = version(requirement.name)
+        if Version(installed) in requirement.specifier:
+            return ""
+    except (importlib.metadata.PackageNotFoundError, InvalidVersion):
+        return ""
+    return f"{requirement.name} {installed} is installed; UNETR++ needs {requirement.specifier}"
+
+
 def missing_packages(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> list[str]:
-    return [name for name in REQUIREMENTS if find_spec(name) is None]
+    """Packages to install: not importable, or installed in a version outside the range."""
+    return [name for name in REQUIREMENTS if find_spec(name) is None or version_problem(name)]
+
+
+def describe_missing(missing: list[str]) -> str:
+    """'torch (2.0.1 installed, needs >=2.1,<2.15), scipy' for the GUI."""
+    parts = []
+    for name in missing:
+        problem = version_problem(name) if importlib.util.find_spec(name) is not None else ""
+        parts.append(f"{name} ({problem})" if problem else name)
+    return ", ".join(parts)
 
 
 def constraints_text() -> str:
@@ -79,12 +112,15 @@ def install(missing: list[str], confirmed: bool) -> None:
     if not confirmed:
         raise RuntimeError("installing Python packages needs the user's consent")
     import slicer  # noqa: PLC0415 - desktop Slicer only
+    from packaging.requirements import Requirement  # noqa: PLC0415 - in Slicer
 
     plan = plan_install(missing, pytorchutils_available())
     if plan.torch_via_pytorchutils:
         import PyTorchUtils  # noqa: PLC0415 - provided by the PyTorch extension
 
-        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False)
+        torch_range = str(Requirement(REQUIREMENTS["torch"]).specifier)
+        torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                              torchVersionRequirement=torch_range)
         if torch is None:
             raise RuntimeError("PyTorch could not be installed by the PyTorch extension")
     if plan.pip_requirements:

@@ -33,7 +33,7 @@ import vtk
 from .errors import CancelledByUser, InputError, ModelError, ModuleError, WorkerError
 from .modelstore import ModelInfo, bundled_models_dir, home, model_from_manifest, read_package_manifest
 from .process import WorkerProcess, cli_command, engine_environment, signal_status, worker_command
-from .state import VolumeInfo, volume_problem
+from .state import VolumeInfo, valid_device, volume_problem
 
 log = logging.getLogger(__name__)
 
@@ -374,8 +374,8 @@ class SegmentationLogic:
         reference = self.check_inputs(info, inputs)
         if output_node is not None and not output_node.IsA("vtkMRMLSegmentationNode"):
             raise InputError("The output must be a segmentation node.", kind="wrong-output")
-        if device not in ("auto", "cpu", "cuda", "mps"):
-            raise InputError(f"Unknown device '{device}'; choose auto, GPU (cuda) or CPU.", kind="device")
+        if not valid_device(device):
+            raise InputError(f"Unknown device '{device}'; choose auto, GPU (cuda or cuda:N) or CPU.", kind="device")
         started = time.perf_counter()
         workdir = Path(tempfile.mkdtemp(prefix="unetrpp-slicer-"))
         try:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from .state import valid_device
+
 MODULE_NAME = "UNETRPlusPlus"
 INPUT_ROLE = "input:"
 OUTPUT_ROLE = "outputSegmentation"
@@ -49,7 +51,7 @@ class Parameters:
 
     @device.setter
     def device(self, value: str) -> None:
-        self.node.SetParameter("Device", value if value in ("auto", "cuda", "cpu") else "auto")
+        self.node.SetParameter("Device", value if valid_device(value) else "auto")  # auto, cpu, cuda, cuda:N
 
     @property
     def fast(self) -> bool:

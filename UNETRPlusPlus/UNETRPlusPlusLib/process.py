@@ -82,6 +82,37 @@ def engine_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+# Which GPUs the engine's Python sees (names, in CUDA order), asked in a separate process so that
+# Slicer's own process never imports torch.
+GPU_PROBE = ("import json, torch; print(json.dumps([torch.cuda.get_device_name(i) for i in "
+             "range(torch.cuda.device_count())] if torch.cuda.is_available() else []))")
+
+
+class GpuProbe:
+    """Start `python -c GPU_PROBE`; `result()` is None while it runs, then the GPU names ([] when
+    there is none, torch is missing or the probe fails)."""
+
+    def __init__(self, python: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen([python or python_executable(), "-c", GPU_PROBE], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, text=True,
+                                     env=env if env is not None else engine_environment())
+        self._names: list[str] | None = None
+
+    def result(self) -> list[str] | None:
+        if self._names is None and self.proc.poll() is not None:
+            out = self.proc.stdout.read() if self.proc.stdout else ""
+            try:
+                names = json.loads(out.strip().splitlines()[-1]) if out.strip() else []
+            except ValueError:
+                names = []
+            self._names = [str(n) for n in names] if isinstance(names, list) else []
+        return self._names
+
+    def wait(self, timeout: float = 120) -> list[str]:
+        self.proc.wait(timeout=timeout)
+        return self.result() or []
+
+
 # Seconds between the cooperative stop (SIGTERM) and SIGKILL of the whole process tree.
 STOP_GRACE_S = 1.0
 # After the tree is killed, how long to wait for the pipes to close before giving up on them (a

@@ -8,24 +8,53 @@ headless (Testing/slicer/test_state.py).
 
 from __future__ import annotations
 
+import html
 import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .i18n import _
 from .modelstore import ModelInfo, ModelInput, format_size
 
-DEVICES = (("auto", "Auto (GPU if available)"), ("cuda", "GPU"), ("cpu", "CPU"))
+DEVICES = (("auto", _("Auto (GPU if available)")), ("cuda", _("GPU")), ("cpu", _("CPU")))
+
+
+def device_choices(gpus: list[str]) -> list[tuple[str, str]]:
+    """(value, text) for the device selector: one entry per GPU (cuda:N) when there are several,
+    so the user can pick which one; the engine takes the same values (--device)."""
+    if len(gpus) <= 1:
+        gpu_text = _("GPU") + (f" ({gpus[0]})" if gpus else "")
+        return [("auto", DEVICES[0][1]), ("cuda", gpu_text), ("cpu", DEVICES[2][1])]
+    return [("auto", DEVICES[0][1]),
+            *((f"cuda:{i}", _("GPU {index}: {name}").format(index=i, name=name)) for i, name in enumerate(gpus)),
+            ("cpu", DEVICES[2][1])]
+
+
+def valid_device(value: str) -> bool:
+    return value in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"cuda:\d{1,2}", value or "") is not None
+
+
+def official_variant_choice(accepted: bool, text: str, variants: tuple[str, ...]) -> str | None:
+    """The "which official network?" dialog's answer: None when it was cancelled (or the text is
+    not a variant), so that Cancel never installs anything."""
+    return text if accepted and text in variants else None
+
+
+def link(url: str) -> str:
+    """A clickable link in the model info label (rich text), escaped."""
+    safe = html.escape(url, quote=True)
+    return f'<a href="{safe}">{safe}</a>' if url.startswith(("https://", "http://")) else safe
 STAGE_TITLES = {
-    "start": "Starting",
-    "download": "Downloading model",
-    "install": "Installing model",
-    "read": "Reading inputs",
-    "preprocess": "Preprocessing",
-    "predict": "Running UNETR++",
-    "postprocess": "Post-processing",
-    "write": "Writing result",
-    "import": "Loading result into the scene",
+    "start": _("Starting"),
+    "download": _("Downloading model"),
+    "install": _("Installing model"),
+    "read": _("Reading inputs"),
+    "preprocess": _("Preprocessing"),
+    "predict": _("Running UNETR++"),
+    "postprocess": _("Post-processing"),
+    "write": _("Writing result"),
+    "import": _("Loading result into the scene"),
 }
 # Share of the overall progress bar per stage (prediction dominates the run time).
 STAGE_WEIGHTS = {"start": 2, "read": 5, "preprocess": 8, "predict": 70, "postprocess": 8, "write": 4, "import": 3}
@@ -113,7 +142,7 @@ def auto_assign(
             score = max(alias_score(v.name, inp), alias_score(v.series_description, inp))
             if score:
                 pairs.append((score, -usable.index(v), inp.name, v.id))
-    for score, _, name, vid in sorted(pairs, reverse=True):
+    for score, _order, name, vid in sorted(pairs, reverse=True):
         if name not in result and vid not in result.values():
             result[name] = vid
     if len(inputs) == 1 and inputs[0].name not in result:
@@ -192,31 +221,33 @@ class GuiState:
         return f"{model_input.name} ({text}):" if text != model_input.name else f"{model_input.name}:"
 
     def model_info_text(self) -> str:
+        """Rich text; every value from a model package is escaped (a package is untrusted input)."""
         m = self.model
         if m is None:
-            return "No model available. Install one from file (a model package or an official UNETR++ checkpoint)."
-        lines = [f"<b>{m.title}</b>" + (f" (version {m.version})" if m.version else "")]
+            return _("No model available. Install one from file (a model package or an official UNETR++ checkpoint).")
+        e = html.escape
+        lines = [f"<b>{e(m.title)}</b>" + (" " + _("(version {version})").format(version=e(m.version)) if m.version else "")]
         if m.description:
-            lines.append(m.description)
+            lines.append(e(m.description))
         if m.inputs:
-            lines.append("Inputs: " + ", ".join(
-                f"{i.name}" + (f" ({i.modality})" if i.modality else "") for i in m.inputs))
+            lines.append(_("Inputs:") + " " + ", ".join(
+                e(i.name) + (f" ({e(i.modality)})" if i.modality else "") for i in m.inputs))
         if m.labels:
-            names = [l.name for l in m.labels]
-            lines.append(f"Labels ({len(names)}): " + ", ".join(names))
+            names = [e(l.name) for l in m.labels]
+            lines.append(_("Labels ({count}):").format(count=len(names)) + " " + ", ".join(names))
         if m.regions:
-            lines.append("Regions: " + ", ".join(r.name for r in m.regions))
-        lines.append(f"Size: {format_size(m.size)}")
+            lines.append(_("Regions:") + " " + ", ".join(e(r.name) for r in m.regions))
+        lines.append(_("Size: {size}").format(size=format_size(m.size)))
         if m.licence:
-            lines.append(f"Licence: {m.licence}")
+            lines.append(_("Licence: {licence}").format(licence=e(m.licence)))
         if not m.installed:
             if m.downloadable:
-                lines.append("Not installed: click <i>Download</i> to fetch it (verified by SHA256).")
+                lines.append(_("Not installed: click <i>Download</i> to fetch it (verified by SHA256)."))
             else:
-                lines.append(
-                    f"Not installed, and no verifiable download exists. Download the checkpoint from "
-                    f"{m.url} and use <i>Install from file</i> (variant '{m.variant}')."
-                )
+                lines.append(_(
+                    "Not installed, and no verifiable download exists. Download the checkpoint from "
+                    "{url} and use <i>Install from file</i> (variant '{variant}')."
+                ).format(url=link(m.url or ""), variant=e(m.variant or "")))
         return "<br>".join(lines)
 
     # Volumes ------------------------------------------------------------------------------------
@@ -237,35 +268,39 @@ class GuiState:
     def segment_enabled(self) -> tuple[bool, str]:
         """(enabled, reason). While running the button is "Cancel" and stays enabled."""
         if self.running:
-            return (not self.cancelling, "Cancelling..." if self.cancelling else "Click to cancel the segmentation")
+            return (not self.cancelling, _("Cancelling...") if self.cancelling else _("Click to cancel the segmentation"))
         m = self.model
         if m is None:
-            return False, "Install a model first (Install from file)."
+            return False, _("Install a model first (Install from file).")
         if not m.installed:
-            how = "click Download" if m.downloadable else "use Install from file with the official checkpoint"
-            return False, f"Model '{m.name}' is not installed: {how}."
+            how = _("click Download") if m.downloadable else _("use Install from file with the official checkpoint")
+            return False, _("Model '{name}' is not installed: {how}.").format(name=m.name, how=how)
         if self.missing_dependencies:
-            return False, "Missing Python packages: " + ", ".join(self.missing_dependencies) + " (click Install dependencies)."
+            return False, _("Missing Python packages: {packages} (click Install dependencies).").format(
+                packages=", ".join(self.missing_dependencies))
         if len(m.inputs) > MAX_INPUT_SELECTORS:
-            return False, f"Model '{m.name}' needs {len(m.inputs)} inputs; this module supports at most {MAX_INPUT_SELECTORS}."
+            return False, _("Model '{name}' needs {count} inputs; this module supports at most {limit}.").format(
+                name=m.name, count=len(m.inputs), limit=MAX_INPUT_SELECTORS)
         used: dict[str, str] = {}
         for inp in m.inputs:
             vid = self.assignments.get(inp.name)
             vol = self.volume(vid)
             if vol is None:
-                return False, f"Select a volume for input '{inp.name}'" + (f" ({inp.description})." if inp.description else ".")
+                return False, _("Select a volume for input '{name}'").format(name=inp.name) + (
+                    f" ({inp.description})." if inp.description else ".")
             problem = volume_problem(vol, inp)
             if problem:
                 return False, problem + "."
             if vid in used:
-                return False, f"'{vol.name}' is selected for both '{used[vid]}' and '{inp.name}'; each input needs its own volume."
+                return False, _("'{volume}' is selected for both '{first}' and '{second}'; each input needs its own volume.").format(
+                    volume=vol.name, first=used[vid], second=inp.name)
             used[vid] = inp.name
-        return True, f"Segment with {m.title}"
+        return True, _("Segment with {title}").format(title=m.title)
 
     def button_text(self) -> str:
         if self.running:
-            return "Cancelling..." if self.cancelling else "Cancel"
-        return "Segment"
+            return _("Cancelling...") if self.cancelling else _("Cancel")
+        return _("Segment")
 
     # Progress -----------------------------------------------------------------------------------
     def start_run(self) -> None:
@@ -319,15 +354,15 @@ class GuiState:
 
     def progress_text(self) -> str:
         if self.cancelling:
-            return "Cancelling..."
+            return _("Cancelling...")
         if not self.running:
             if self.error:
-                return "Failed: " + self.error.split("\n", 1)[0]
-            return "Done" if self.stage == "done" else "Ready"
-        text = STAGE_TITLES.get(self.stage, self.stage.capitalize() or "Working")
+                return _("Failed: {error}").format(error=self.error.split("\n", 1)[0])
+            return _("Done") if self.stage == "done" else _("Ready")
+        text = STAGE_TITLES.get(self.stage, self.stage.capitalize() or _("Working"))
         if self.fraction is not None:
             text += f" {100 * self.fraction:.0f}%"
         eta = format_duration(self.eta_s)
         if eta:
-            text += f", about {eta} left"
+            text += _(", about {eta} left").format(eta=eta)
         return text
