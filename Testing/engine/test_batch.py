@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server_helpers import DEMO_MODEL, ENV, EXAMPLE_CT
+from support.server import DEMO_MODEL, ENV, EXAMPLE_CT
 
 CLI = [sys.executable, "-m", "unetrpp"]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from server_helpers import DEMO_MODEL, ENV, EXAMPLE_CT
+from support.server import DEMO_MODEL, ENV, EXAMPLE_CT
 
 DICOM = "ct_dicom/example_ct_dicom"
 CLI = [sys.executable, "-m", "unetrpp"]

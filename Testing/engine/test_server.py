@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from server_helpers import ENV, EXAMPLE_CT, TOKENS, Server, wait_state, write_tokens
+from support.server import ENV, EXAMPLE_CT, TOKENS, Server, wait_state, write_tokens
 
 CLI = [sys.executable, "-m", "unetrpp"]
 UPLOAD_LIMIT_MB = 4

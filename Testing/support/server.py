@@ -12,7 +12,7 @@ from pathlib import Path
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]  # Testing/support/server.py -> repository
 DEMO_MODEL = REPO / "Resources" / "models" / "demo-abdomen-ct"
 EXAMPLE_CT = REPO / "Resources" / "examples" / "example_ct_sm.nii.gz"
 #: One torch thread per process: the test machine may be shared, and oversubscribed OpenMP threads
