@@ -34,6 +34,7 @@ from .errors import CancelledByUser, InputError, ModelError, ModuleError, Worker
 from .modelstore import ModelInfo, bundled_models_dir, home, model_from_manifest, read_package_manifest
 from .process import WorkerProcess, cli_command, engine_environment, signal_status, worker_command
 from .state import VolumeInfo, valid_device, volume_problem
+from .terminologies import terminology_string
 
 log = logging.getLogger(__name__)
 
@@ -41,22 +42,6 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 
 # Helpers ----------------------------------------------------------------------------------------
-def terminology_string(term: dict[str, Any] | None) -> str:
-    """A manifest terminology entry as Slicer's TerminologyEntry string (same format as the
-    engine's unetrpp.terminology.slicer_terminology_string; not imported to keep torch out)."""
-    if not term:
-        return ""
-
-    def triple(c: dict[str, str] | None) -> str:
-        return f"{c['scheme']}^{c['code']}^{c['meaning']}" if c else "^^"
-
-    return (
-        "Segmentation category and type - 3D Slicer General Anatomy list"
-        f"~{triple(term['category'])}~{triple(term['type'])}~{triple(term.get('modifier'))}"
-        f"~Anatomic codes - DICOM master list~{triple(term.get('region'))}~^^"
-    )
-
-
 def set_terminology(segment: Any, term: dict[str, Any]) -> None:
     text = terminology_string(term)
     if hasattr(segment, "SetTerminology"):
