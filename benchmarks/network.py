@@ -51,6 +51,9 @@ def build(name: str, device: str):
     from unetrpp.network.fast import FastOptions, optimize_for_inference
 
     torch.manual_seed(0)
+    if name == "matmul":  # the float32 matrix-product rate, timed in the same round-robin
+        n = MATMUL_N
+        return _MatMul(torch.randn(n, n)).to(device), torch.randn(n, n, device=device), None, None
     if name in ("unetr", "swinunetr"):
         from monai.networks.nets import UNETR, SwinUNETR
 
@@ -78,6 +81,18 @@ def build(name: str, device: str):
     raise SystemExit(f"unknown model {name!r}")
 
 
+MATMUL_N = 2048
+
+
+class _MatMul(torch.nn.Module):
+    def __init__(self, b: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("b", b)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.b
+
+
 def forward(model, x, amp_dtype, grad_mode: str = "inference"):
     ctx = torch.inference_mode() if grad_mode == "inference" else torch.no_grad()
     with ctx:
@@ -90,6 +105,14 @@ def forward(model, x, amp_dtype, grad_mode: str = "inference"):
 def sync(device: str) -> None:
     if device == "cuda":
         torch.cuda.synchronize()
+
+
+def variant_gflop(variant: str) -> float:
+    """Floating-point operations of one forward (GFLOP): the official network's fvcore count from
+    the parity vectors (one multiply-add counted once), times 2 (a multiply-add is two operations,
+    as in the matrix-product rate it is compared with)."""
+    ref = json.loads((PARITY / f"{OFFICIAL_NAME[variant]}.json").read_text())
+    return 2 * ref["fvcore_flops"] / 1e9
 
 
 def parity_error(variant: str, y: torch.Tensor) -> float:
@@ -241,19 +264,24 @@ def markdown(report: dict) -> str:
         f"Machine: {m['cpu']}, {m['logical_cpus']} logical CPUs, torch {m['torch']} "
         f"({m['torch_threads']} threads, {m['cpu_capability']}), MONAI {m.get('monai', '-')}, device {m['device']}; "
         f"load average at start {tuple(round(v, 1) for v in m.get('load_average', ()))}; "
-        f"matmul ceiling {report['matmul_gflops']:.0f} GFLOP/s (float32 2048^3)."
+        f"matmul ceiling {report['matmul_gflops']:.0f} GFLOP/s ({report.get('matmul_method', 'float32 2048^3, before the runs')})."
     )
     lines.append("")
-    lines.append("| model | patch | latency (median) | peak memory | vs plain | error vs float64 parity |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append("| model | patch | latency (median) | GFLOP/s | % of matmul rate | peak memory | vs plain | error vs float64 parity |")
+    lines.append("|---|---|---|---|---|---|---|---|")
     for name, r in report["models"].items():
         patch = r.get("patch", "64x128x128")
         mem = f"{r['peak_bytes'] / 2**20:.0f} MiB" if "peak_bytes" in r else "-"
         plain = report["models"].get(name.split("/")[0] + "/plain")
         speed = f"{plain['median_s'] / r['median_s']:.2f}x" if plain and "/" in name else "-"
         err = f"{r['parity_error']:.1e}" if "parity_error" in r else "-"
-        lines.append(f"| {name} | {patch} | {r['median_s']:.2f} s | {mem} | {speed} | {err} |")
+        rate = f"{r['gflops']:.0f}" if "gflops" in r else "-"
+        share = f"{100 * r['matmul_share']:.0f} %" if "matmul_share" in r else "-"
+        lines.append(f"| {name} | {patch} | {r['median_s']:.2f} s | {rate} | {share} | {mem} | {speed} | {err} |")
     lines.append("")
+    if report.get("headline"):
+        lines.append(report["headline"])
+        lines.append("")
     if report.get("ratios"):
         lines.append("| ratio (same run, round-robin) | value |")
         lines.append("|---|---|")
@@ -277,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     p.add_argument("--no-peers", action="store_true", help="skip MONAI UNETR and SwinUNETR")
+    p.add_argument("--peers", nargs="+", default=["unetr", "swinunetr"], choices=["unetr", "swinunetr"],
+                   help="which MONAI peers to time at the synapse patch")
     p.add_argument("--no-ablations", action="store_true", help="skip the per-optimisation runs")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimized synapse")
@@ -307,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         names = [f"{v}/plain", f"{v}/fast"]
         if v == "synapse":
             names.insert(1, "synapse/plain-no_grad")
+            names.append("matmul")
             if not a.no_peers:
-                names += ["unetr", "swinunetr"]
+                names += list(a.peers)
             if not a.no_ablations:
                 names += [f"synapse/fast-no-{o}" for o in ABLATIONS] + ["synapse/fast-bf16"]
             if a.compile:
@@ -318,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         from unetrpp.network import variant_config
 
         patch = "x".join(map(str, variant_config(v).patch_size))
+        if "matmul" in res:  # the ceiling measured alongside (round-robin) replaces the one-off
+            report["matmul_gflops"] = 2 * MATMUL_N**3 / res.pop("matmul")["median_s"] / 1e9
+            report["matmul_method"] = f"float32 {MATMUL_N}^3 torch.mm, timed round-robin with the synapse group"
         for n, r in res.items():
             r["patch"] = "64x128x128" if n in ("unetr", "swinunetr") else patch
         models.update(res)
@@ -328,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"peak memory of {n} ...", file=sys.stderr, flush=True)
             models[n].update(run_probe(n, a.device, a.threads, a.tune_allocator))
     report["models"] = models
+    for n, r in models.items():  # arithmetic rate of the UNETR++ forwards (the official FLOP count)
+        if "/" in n:
+            r["gflops"] = variant_gflop(n.split("/")[0]) / r["median_s"]
+            r["matmul_share"] = r["gflops"] / report["matmul_gflops"]
 
     ratios = {}
     fast = models.get("synapse/fast")
@@ -340,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
             models["synapse/plain-no_grad"]["median_s"] / models["synapse/plain"]["median_s"]
         )
     report["ratios"] = ratios
+    if fast and "unetr" in models:
+        report["headline"] = (
+            f"**synapse optimized: {fast['gflops']:.0f} GFLOP/s = {100 * fast['matmul_share']:.0f} % of this "
+            f"machine's float32 matrix-product rate ({report['matmul_gflops']:.0f} GFLOP/s, same run), "
+            f"{models['unetr']['median_s'] / fast['median_s']:.2f}x MONAI UNETR (same run, round-robin).**"
+        )
+        print(report["headline"], file=sys.stderr)
     gains = {}
     if fast and not a.no_ablations:
         for o in ABLATIONS:
