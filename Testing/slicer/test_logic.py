@@ -18,7 +18,8 @@ import vtk
 from slicer_support import load_volume
 
 from UNETRPlusPlusLib.errors import InputError, ModelError, ModuleError, WorkerError
-from UNETRPlusPlusLib.logic import SegmentationLogic, resolve_model, scene_snapshot, scene_volumes, terminology_string
+from UNETRPlusPlusLib.logic import SegmentationLogic, resolve_model, scene_snapshot, scene_volumes
+from unetrpp.terminology import slicer_terminology_string as terminology_string
 from UNETRPlusPlusLib.state import GuiState
 
 pytestmark = pytest.mark.slicer

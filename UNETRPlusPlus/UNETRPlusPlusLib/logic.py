@@ -30,8 +30,12 @@ import numpy as np
 import slicer
 import vtk
 
+from unetrpp import catalogue
+from unetrpp.errors import UnetrppError
+from unetrpp.terminology import slicer_terminology_string
+
 from .errors import CancelledByUser, InputError, ModelError, ModuleError, WorkerError
-from .modelstore import ModelInfo, bundled_models_dir, home, model_from_manifest, read_package_manifest
+from .modelstore import ModelInfo, model_from_manifest, read_package_manifest
 from .process import WorkerProcess, cli_command, engine_environment, signal_status, worker_command
 from .state import VolumeInfo, valid_device, volume_problem
 from .terminologies import terminology_string
@@ -43,7 +47,7 @@ EventCallback = Callable[[dict[str, Any]], None]
 
 # Helpers ----------------------------------------------------------------------------------------
 def set_terminology(segment: Any, term: dict[str, Any]) -> None:
-    text = terminology_string(term)
+    text = slicer_terminology_string(term)
     if hasattr(segment, "SetTerminology"):
         segment.SetTerminology(text)
     else:  # Slicer before the terminology API: the same string in the segment's tag
@@ -112,20 +116,15 @@ def resolve_model(model: ModelInfo | str | os.PathLike[str]) -> ModelInfo:
                 f"model '{model.name}' is not installed; download it or use Install from file", kind="not-installed"
             )
         return model
-    path = Path(model)
-    bundled = False
-    if not path.exists():
-        candidates = [home() / "models" / str(model)]
-        if bundled_models_dir() is not None:
-            candidates.append(bundled_models_dir() / str(model))
-        found = [c for c in candidates if (c / "model.json").is_file()]
-        if not found:
-            raise ModelError(f"model '{model}' is neither a package path nor an installed model", kind="not-installed")
-        path = found[0]
-        bundled = path != candidates[0]
+    try:
+        path = catalogue.resolve_model(model)  # a path, else an installed, else a bundled model
+    except UnetrppError:
+        raise ModelError(f"model '{model}' is neither a package path nor an installed model", kind="not-installed") from None
+    bundled_dir = catalogue.bundled_models_dir()
+    bundled = bundled_dir is not None and path.resolve().parent == bundled_dir.resolve()
     try:
         return model_from_manifest(read_package_manifest(path), path, bundled=bundled)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, UnetrppError) as exc:
         raise ModelError(
             f"the model package {path} is unreadable ({exc}); remove it and install it again", kind="corrupt-model"
         ) from None
@@ -655,12 +654,8 @@ class ModelManager:
 
     @staticmethod
     def remove(name: str) -> Path:
-        """Delete an installed model (atomic rename, then delete)."""
-        root = home() / "models"
-        path = root / name
-        if not name or "/" in name or "\\" in name or name.startswith(".") or not (path / "model.json").is_file():
-            raise ModelError(f"no installed model called '{name}'", kind="not-installed")
-        trash = Path(tempfile.mkdtemp(prefix=".removing-", dir=root))
-        os.replace(path, trash / name)
-        shutil.rmtree(trash, ignore_errors=True)
-        return path
+        """Delete an installed model (the engine's `remove_model`: atomic rename, then delete)."""
+        try:
+            return catalogue.remove_model(name)
+        except UnetrppError as exc:
+            raise ModelError(str(exc), kind="not-installed") from None
