@@ -14,17 +14,17 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from unetrpp import save_package
+from unetrpp.atomic import replace_path, staging_dir, write_text
 from unetrpp.errors import OutputExistsError, UnetrppError
 from unetrpp.hashing import sha256_file
 from unetrpp.network import NetworkConfig, build_network
+from unetrpp.manifest import MANIFEST_FILE, InferenceDefaults, build_manifest
 from unetrpp.official_models import PAPER, official_manifest
 from unetrpp.package import load_weights_into
 
@@ -89,9 +89,11 @@ def _package_name(text: str) -> str:
     return name or "unetrpp-model"
 
 
-def build_manifest(run: dict[str, Any], checkpoint: dict[str, Any], checkpoint_file: Path, *,
-                   name: str | None, version: str, title: str | None, description: str | None,
-                   license_text: str, metrics: dict[str, Any] | None, notes: str | None) -> dict[str, Any]:
+def run_manifest(run: dict[str, Any], checkpoint: dict[str, Any], checkpoint_file: Path, *,
+                 name: str | None, version: str, title: str | None, description: str | None,
+                 license_text: str, metrics: dict[str, Any] | None, notes: str | None) -> dict[str, Any]:
+    """The manifest of a training run, built by the engine's `build_manifest` (schema version and
+    inference defaults from `unetrpp.manifest`; only the mirror axes follow the run's augmentation)."""
     cfg = run["config"]
     ds = run["dataset"]
     labels = {int(k): v for k, v in ds["labels"].items()}
@@ -127,27 +129,24 @@ def build_manifest(run: dict[str, Any], checkpoint: dict[str, Any], checkpoint_f
         f" x {run.get('world_size', 1)} process(es), {optimizer_summary(cfg)}, poly {cfg['poly_exponent']},"
         f" Dice+CE with deep supervision."
     )
-    manifest: dict[str, Any] = {
-        "schema_version": 1,
-        "name": _package_name(name or f"{ds['name']}-unetrpp"),
-        "version": version,
-        "title": title or f"UNETR++ trained on {ds['name']}",
-        "description": description or (
+    return build_manifest(
+        name=_package_name(name or f"{ds['name']}-unetrpp"),
+        version=version,
+        title=title or f"UNETR++ trained on {ds['name']}",
+        description=description or (
             f"UNETR++ ({cfg['variant']} architecture, feature size {run['network']['feature_size']}) segmenting "
             + ", ".join(lab["name"] for lab in label_entries) + f"; trained on {ds['name']}."
         ),
-        "license": license_text,
-        "citation": PAPER,
-        "architecture": run["network"],
-        "inputs": run["plan"]["inputs"],
-        "plan": run["plan"]["plan"],
-        "labels": label_entries,
-        "inference": {"overlap": 0.5, "mirror_axes": list(aug.get("mirror_axes", [0, 1, 2])), "gaussian_sigma_scale": 0.125},
-        "provenance": provenance,
-    }
-    if regions:
-        manifest["regions"] = regions
-    return manifest
+        license=license_text,
+        citation=PAPER,
+        network=run["network"],
+        inputs=run["plan"]["inputs"],
+        plan=run["plan"]["plan"],
+        labels=label_entries,
+        regions=regions,
+        inference={"mirror_axes": list(aug.get("mirror_axes", InferenceDefaults.mirror_axes))},
+        provenance=provenance,
+    )
 
 
 def _fmt(v: Any) -> str:
@@ -274,25 +273,19 @@ def export_run(
     net_cfg = NetworkConfig.from_dict(run["network"])
     network = build_network(net_cfg, deep_supervision=False)
     load_weights_into(network, ckpt["model"], f"checkpoint {ckpt_file}")
-    manifest = build_manifest(run, ckpt, ckpt_file, name=name, version=version, title=title, description=description,
+    manifest = run_manifest(run, ckpt, ckpt_file, name=name, version=version, title=title, description=description,
                               license_text=license_text, metrics=metrics, notes=notes)
     if output.suffix == ".zip":
         save_package(network, manifest, output, overwrite=overwrite, dtype=dtype)
         written = json.loads(__import__("zipfile").ZipFile(output).read("model.json"))
         card = output.with_name(output.stem + "." + CARD_FILE)
-        card.write_text(model_card(written, run, card_extra))
+        write_text(card, model_card(written, run, card_extra))
         log.info("model card %s", card)
         return output
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
-    try:
+    with staging_dir(output.parent) as tmp:  # the card goes inside the package before it appears
         staged = save_package(network, manifest, tmp / "package", dtype=dtype)
-        written = json.loads((staged / "model.json").read_text())
+        written = json.loads((staged / MANIFEST_FILE).read_text())
         (staged / CARD_FILE).write_text(model_card(written, run, card_extra))
-        if output.exists():
-            shutil.rmtree(output) if output.is_dir() else output.unlink()
-        os.replace(staged, output)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        replace_path(staged, output, overwrite=overwrite)
     log.info("exported %s -> %s (%s, %s)", ckpt_file, output, manifest["name"], str(dtype).removeprefix("torch."))
     return output

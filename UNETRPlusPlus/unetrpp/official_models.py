@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from .manifest import build_manifest
 from .network import variant_config
 from .terminology import LEFT, MORPHOLOGICALLY_ALTERED, RIGHT, terminology
 
@@ -142,23 +143,12 @@ def official_manifest(variant: str, name: str | None = None, version: str = "1.0
     """A manifest template (without weights) for an official variant."""
     cfg = variant_config(variant)
     spec = copy.deepcopy(_SPECS[cfg.variant])
-    manifest = {
-        "schema_version": 1,
-        "name": name or f"{cfg.variant}-official",
-        "version": version,
-        "title": spec["title"],
-        "description": spec["description"],
-        "license": OFFICIAL_LICENSE,
-        "citation": PAPER,
-        "architecture": cfg.to_dict(),
-        "inputs": spec["inputs"],
-        "plan": spec["plan"],
-        "labels": spec["labels"],
-        "inference": {"overlap": 0.5, "mirror_axes": [0, 1, 2], "gaussian_sigma_scale": 0.125},
-        "provenance": {"source": "official-checkpoint", "dataset": spec["dataset"]},
-    }
-    if spec.get("regions"):
-        manifest["regions"] = spec["regions"]
+    provenance = {"source": "official-checkpoint", "dataset": spec["dataset"]}
     if spec["notes"]:
-        manifest["provenance"]["notes"] = spec["notes"]
-    return manifest
+        provenance["notes"] = spec["notes"]
+    return build_manifest(
+        name=name or f"{cfg.variant}-official", version=version, title=spec["title"],
+        description=spec["description"], license=OFFICIAL_LICENSE, citation=PAPER, network=cfg,
+        inputs=spec["inputs"], plan=spec["plan"], labels=spec["labels"], regions=spec.get("regions"),
+        provenance=provenance,
+    )

@@ -45,9 +45,12 @@ from scipy import ndimage
 from torch import nn
 
 from .errors import CancelledError, UnetrppError
+from .manifest import InferenceDefaults
 from .progress import CancelToken, Event, ProgressSink, StepTimer, null_sink
 
 log = logging.getLogger(__name__)
+
+DEFAULTS = InferenceDefaults()  # the official values; a model's manifest may set others
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -115,7 +118,7 @@ def select_device(name: str | torch.device | None = "auto") -> torch.device:
 
 
 # Window placement and weighting -------------------------------------------------------------
-def window_starts(size: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5) -> list[list[int]]:
+def window_starts(size: Sequence[int], patch_size: Sequence[int], overlap: float = DEFAULTS.overlap) -> list[list[int]]:
     """Start indices of the windows along each axis (nnU-Net's `compute_steps_for_sliding_window`
     with step_size = 1 - overlap). `size` must be at least `patch_size` on every axis (pad first)."""
     if not 0 <= overlap < 1:
@@ -145,7 +148,7 @@ def _gaussian(patch_size: tuple[int, ...], sigma_scale: float) -> np.ndarray:
     return g
 
 
-def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = 0.125) -> np.ndarray:
+def gaussian_importance_map(patch_size: Sequence[int], sigma_scale: float = DEFAULTS.gaussian_sigma_scale) -> np.ndarray:
     """nnU-Net's Gaussian importance map: an impulse at patch // 2 smoothed with sigma =
     patch * sigma_scale (scipy, truncated at 4 sigma), scaled to a maximum of 1, float32, with
     zeros replaced by the smallest non-zero value. Read-only (cached)."""
@@ -309,9 +312,9 @@ def predict_probabilities(
     volume: torch.Tensor | np.ndarray,
     *,
     patch_size: Sequence[int],
-    overlap: float = 0.5,
-    mirror_axes: Sequence[int] = (0, 1, 2),
-    sigma_scale: float = 0.125,
+    overlap: float = DEFAULTS.overlap,
+    mirror_axes: Sequence[int] = DEFAULTS.mirror_axes,
+    sigma_scale: float = DEFAULTS.gaussian_sigma_scale,
     batch_size: int | None = None,
     device: str | torch.device = "auto",
     amp: bool = True,

@@ -29,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--input", "-i", dest="named_inputs", action="append", default=[], metavar="NAME=PATH",
                    help="a named input for multi-input models (repeat for each; names from the model)")
     p.add_argument("-o", "--output", required=True,
-                   help="output: .seg.nrrd (segments with names/colours/terminology) or .nii.gz/.nii/.nrrd labelmap")
+                   help="output: .seg.nrrd (segments with names/colours/terminology) or .nii.gz/.nii/.nrrd/.mha labelmap")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: model's, 0.5)")
     p.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
