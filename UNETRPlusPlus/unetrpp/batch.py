@@ -166,6 +166,7 @@ class BatchRun:
     run_options: dict[str, Any] = field(default_factory=dict)
     summary_path: Path | None = None
     cancel: CancelToken | None = None
+    in_flight: int = IN_FLIGHT  # 1: no overlap (benchmarks/batch.py compares)
     on_case: Callable[[CaseResult], None] = lambda r: None
     sink: ProgressSink = lambda e: None
 
@@ -186,7 +187,7 @@ class BatchRun:
                     write_summary(self.summary_path, [results[n] for n in order if n in results], labels)
             self.on_case(result)
 
-        with ThreadPoolExecutor(IN_FLIGHT, thread_name_prefix="unetrpp-batch") as pool:
+        with ThreadPoolExecutor(self.in_flight, thread_name_prefix="unetrpp-batch") as pool:
             for future in [pool.submit(self._one, case, gate) for case in cases]:
                 record(future.result())
         return [results[n] for n in order]

@@ -33,6 +33,7 @@ from typing import Any
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
@@ -192,6 +193,27 @@ def _check_image(path: Path, what: str) -> None:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
 
 
+def _save_inputs(given: dict[str, Any], folder: Path, limit: int) -> dict[str, str]:
+    """Write each upload as `<input name><suffix>` (a DICOM zip unpacked into `<input name>/`),
+    check it is an image, and return input name -> its name in `folder`."""
+    inputs: dict[str, str] = {}
+    for name, upload in given.items():
+        suffix = _suffix(upload.filename or "")
+        if not suffix:
+            raise UnetrppError(f"input {name!r} ({upload.filename!r}): send a .nii.gz, .nii, .nrrd or .mha "
+                               "file, or a .zip of a DICOM series")
+        target = folder / f"{name}{suffix}"
+        with open(target, "wb") as dst:
+            shutil.copyfileobj(upload.file, dst, _CHUNK)
+        if suffix == ".zip":
+            _extract_dicom_zip(target, folder / name, limit)
+            target.unlink()
+            target = folder / name
+        _check_image(target, f"input {name!r} ({upload.filename})")
+        inputs[name] = target.name
+    return inputs
+
+
 def _input_names(manifest: dict[str, Any]) -> dict[str, str]:
     """Lower-cased input names and aliases -> the manifest's input name."""
     lookup: dict[str, str] = {}
@@ -314,21 +336,8 @@ def create_app(config: ServerConfig) -> FastAPI:
 
         job_id, job_dir = store.new_job_dir()
         try:
-            inputs: dict[str, str] = {}
-            for name, upload in given.items():
-                suffix = _suffix(upload.filename or "")
-                if not suffix:
-                    raise UnetrppError(f"input {name!r} ({upload.filename!r}): send a .nii.gz, .nii, .nrrd or .mha "
-                                       "file, or a .zip of a DICOM series")
-                target = job_dir / "inputs" / f"{name}{suffix}"
-                with open(target, "wb") as dst:
-                    shutil.copyfileobj(upload.file, dst, _CHUNK)
-                if suffix == ".zip":
-                    _extract_dicom_zip(target, job_dir / "inputs" / name, config.max_upload_bytes)
-                    target.unlink()
-                    target = job_dir / "inputs" / name
-                _check_image(target, f"input {name!r} ({upload.filename})")
-                inputs[name] = target.name
+            # file copies, unzipping and header checks: off the event loop, other requests go on
+            inputs = await run_in_threadpool(_save_inputs, given, job_dir / "inputs", config.max_upload_bytes)
             if output_suffix == ".dcm" and not all((job_dir / "inputs" / r).is_dir() for r in inputs.values()):
                 raise UnetrppError("DICOM SEG output (.dcm) needs a DICOM series input (send it as a zip); "
                                    "choose .seg.nrrd or .nii.gz for image files")

@@ -44,18 +44,13 @@ def _server_alive() -> bool:
 
 
 def _worker_main(slot: int, device: str, threads: int | None, tasks: Any, events: Any) -> None:
-    """Process entry: take tasks until None. Every outcome becomes one event; nothing raises."""
+    """Process entry: take tasks until None (or until the server is gone)."""
     logging.basicConfig(level=logging.INFO, format=f"%(levelname)s worker{slot}[{device}] %(name)s: %(message)s")
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    from ..errors import CancelledError, UnetrppError
-    from ..outputs import OutputPlan
-    from ..segmenter import Segmenter
-    from .options import JobOptions
-
-    models: dict[str, Segmenter] = {}
+    models: dict[str, Any] = {}  # model name -> Segmenter, loaded on first use and kept
     while True:
         try:
             task = tasks.get(timeout=2.0)
@@ -65,45 +60,53 @@ def _worker_main(slot: int, device: str, threads: int | None, tasks: Any, events
             continue
         if task is None:
             return
-        job_id, job_dir = task["id"], Path(task["dir"])
-        cancel = _CancelFile(job_dir / "cancel")
-        if cancel.is_set():
-            events.put(("cancelled", job_id, slot, {}))
-            continue
-        events.put(("started", job_id, slot, {"device": device}))
-        last = [0.0]
+        _run_task(task, slot, device, models, events)
 
-        def sink(event, job_id=job_id) -> None:
-            now = time.monotonic()
-            if event.event == "stage" or (event.event == "progress" and now - last[0] >= 1 / PROGRESS_RATE_HZ):
-                last[0] = now
-                events.put(("progress", job_id, slot, {"stage": event.stage, "message": event.message,
-                                                       "done": event.done, "total": event.total,
-                                                       "fraction": event.fraction, "eta_s": event.eta_s}))
 
-        try:
-            segmenter = models.get(task["model"])
-            if segmenter is None:
-                sink_stage = {"stage": "load", "message": f"loading model {task['model']} on {device}"}
-                events.put(("progress", job_id, slot, sink_stage))
-                segmenter = models[task["model"]] = Segmenter(task["model_path"], device)
-            inputs = {name: str(job_dir / "inputs" / rel) for name, rel in task["inputs"].items()}
-            plan = OutputPlan.create(job_dir / f"result{task['output_suffix']}", job_dir / "result.report.json",
-                                     overwrite=True)
-            result = segmenter.segment(inputs, plan, sink=sink, cancel=cancel,
-                                       **JobOptions.from_json(task["options"]).run_options())
-            report = result.report
-            events.put(("done", job_id, slot, {"timing_s": report.get("timing_s", {})}))
-        except CancelledError:
-            events.put(("cancelled", job_id, slot, {}))
-        except UnetrppError as exc:
-            events.put(("failed", job_id, slot, {"error": str(exc)}))
-        except MemoryError:
-            events.put(("failed", job_id, slot, {"error": f"the server ran out of memory on {device} for this image"}))
-        except Exception as exc:  # a bug: the log gets the traceback, the client a message
-            logging.getLogger(__name__).exception("job %s failed", job_id)
-            events.put(("failed", job_id, slot, {"error": f"internal error ({type(exc).__name__}) while segmenting; "
-                                                          "the server log has the details"}))
+def _run_task(task: dict[str, Any], slot: int, device: str, models: dict[str, Any], events: Any) -> None:
+    """Run one job; every outcome becomes one event, nothing raises."""
+    from ..errors import CancelledError, UnetrppError
+    from ..outputs import OutputPlan
+    from ..segmenter import Segmenter
+    from .options import JobOptions
+
+    job_id, job_dir = task["id"], Path(task["dir"])
+    cancel = _CancelFile(job_dir / "cancel")
+    if cancel.is_set():
+        events.put(("cancelled", job_id, slot, {}))
+        return
+    events.put(("started", job_id, slot, {"device": device}))
+    last = [0.0]
+
+    def sink(event) -> None:  # stages always, progress at most PROGRESS_RATE_HZ
+        now = time.monotonic()
+        if event.event == "stage" or (event.event == "progress" and now - last[0] >= 1 / PROGRESS_RATE_HZ):
+            last[0] = now
+            events.put(("progress", job_id, slot, {"stage": event.stage, "message": event.message,
+                                                   "done": event.done, "total": event.total,
+                                                   "fraction": event.fraction, "eta_s": event.eta_s}))
+
+    try:
+        segmenter = models.get(task["model"])
+        if segmenter is None:
+            events.put(("progress", job_id, slot, {"stage": "load", "message": f"loading model {task['model']} on {device}"}))
+            segmenter = models[task["model"]] = Segmenter(task["model_path"], device)
+        inputs = {name: str(job_dir / "inputs" / rel) for name, rel in task["inputs"].items()}
+        plan = OutputPlan.create(job_dir / f"result{task['output_suffix']}", job_dir / "result.report.json",
+                                 overwrite=True)
+        result = segmenter.segment(inputs, plan, sink=sink, cancel=cancel,
+                                   **JobOptions.from_json(task["options"]).run_options())
+        events.put(("done", job_id, slot, {"timing_s": result.report.get("timing_s", {})}))
+    except CancelledError:
+        events.put(("cancelled", job_id, slot, {}))
+    except UnetrppError as exc:
+        events.put(("failed", job_id, slot, {"error": str(exc)}))
+    except MemoryError:
+        events.put(("failed", job_id, slot, {"error": f"the server ran out of memory on {device} for this image"}))
+    except Exception as exc:  # a bug: the log gets the traceback, the client a message
+        log.exception("job %s failed", job_id)
+        events.put(("failed", job_id, slot, {"error": f"internal error ({type(exc).__name__}) while segmenting; "
+                                                      "the server log has the details"}))
 
 
 # The pool in the server process ------------------------------------------------------------------
