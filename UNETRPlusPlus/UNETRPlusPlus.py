@@ -28,6 +28,7 @@ from UNETRPlusPlusLib.errors import ModuleError
 from UNETRPlusPlusLib.logic import ModelManager, SegmentationLogic, resolve_model, scene_volumes
 from UNETRPlusPlusLib.parameters import Parameters, parameter_node
 from UNETRPlusPlusLib.process import GpuProbe
+from UNETRPlusPlusLib.remote_panel import ServerPanel
 from UNETRPlusPlusLib.state import MAX_INPUT_SELECTORS, GuiState, device_choices, official_variant_choice
 from UNETRPlusPlusLib.terminologies import load_terminology
 
@@ -104,6 +105,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.setup(self)
         ui_widget = slicer.util.loadUI(self.resourcePath("UI/UNETRPlusPlus.ui"))
         self.layout.addWidget(ui_widget)
+        self.serverPanel = ServerPanel(self.layout)  # Process on: this computer / server (remote_panel.py)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.logic = UNETRPlusPlusLogic()
@@ -330,6 +332,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                   for spec in self.state.required_inputs()}
         self.state.start_run()
         try:
+            self.serverPanel.apply_to(self.logic)  # local worker, or the same worker with --server
             self.run = self.logic.start(
                 self.state.model, inputs, output_node=self.ui.outputSelector.currentNode(),
                 device=self.state.device, fast=self.state.fast,
