@@ -126,6 +126,11 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(alice, server, tm
     big = tmp_path / "big.nii.gz"
     big.write_bytes(b"\0" * ((UPLOAD_LIMIT_MB + 1) << 20))
     cases.append((submit(alice, big), 413, f"at most {UPLOAD_LIMIT_MB} MiB"))
+    # without a Content-Length (chunked): counted while it arrives
+    head = b'--x\r\nContent-Disposition: form-data; name="ct"; filename="ct.nii.gz"\r\n\r\n'
+    chunks = iter([head] + [b"\0" * (1 << 20)] * (UPLOAD_LIMIT_MB + 2))
+    cases.append((alice.post("/v1/jobs", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"}),
+                  413, f"at most {UPLOAD_LIMIT_MB} MiB"))
     for response, status, text in cases:
         assert response.status_code == status, (response.status_code, response.text)
         body = response.json()
@@ -218,3 +223,20 @@ def test_retention_deletes_old_finished_jobs(tmp_path):
     assert store.get(ids[1])["state"] == "running"
     reloaded = JobStore(tmp_path)
     assert reloaded.recover() == [] and reloaded.get(ids[1])["state"] == "failed"
+
+
+@pytest.mark.slow
+def test_dicom_series_in_dicom_seg_out(server, data_dir, tmp_path):
+    """The client zips a DICOM series folder; the server returns a DICOM SEG over it."""
+    import pydicom
+
+    from unetrpp.client import segment_on_server
+
+    source = data_dir / "ct_dicom" / "example_ct_dicom"
+    out = tmp_path / "ct.dcm"
+    report, outputs = segment_on_server(server.url, TOKENS[0], "demo-abdomen-ct", {"ct": source}, out,
+                                        options={"fast": True})
+    ds = pydicom.dcmread(out)
+    assert ds.Modality == "SEG" and len(ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 20
+    assert outputs["report"] == str(tmp_path / "ct.report.json") and report["inputs"]["ct"]["size"] == [512, 512, 20]
+    assert sum(s["voxels"] for s in report["segments"]) > 0

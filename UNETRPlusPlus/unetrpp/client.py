@@ -70,7 +70,11 @@ class ServerClient:
     """One server at `url` (e.g. http://gpu-host:8890) with one bearer token."""
 
     def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
-        import httpx
+        try:
+            import httpx
+        except ModuleNotFoundError:
+            raise ServerError("the server client needs the Python package httpx: pip install 'httpx>=0.27,<1' "
+                              "(in Slicer: slicer.util.pip_install('httpx'))") from None
 
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
