@@ -207,6 +207,36 @@ def test_brats_four_sequences_auto_assigned_with_regions(scene, logic, data_dir,
     assert {"whole tumour", "tumour core"} <= regions
 
 
+def test_result_is_the_engines_seg_nrrd_and_must_lie_on_the_input_grid(scene, data_dir, synapse_pkg, tmp_path):
+    """The scene gets the segments the engine's writer made (its segment ids, names, colours,
+    terminology); a file on another grid is refused."""
+    from unetrpp.image import read_image
+    from unetrpp.manifest import read_manifest
+    from unetrpp.segmentation import write_seg_nrrd
+
+    ct = load_volume(scene, data_dir / DATA_CT, "abdomen")
+    image = read_image(data_dir / DATA_CT)
+    labels = np.zeros(image.array.shape, np.uint8)
+    labels[10:20, 30:40, 30:40] = 6  # liver
+    manifest = read_manifest(synapse_pkg)
+    path = tmp_path / "result.seg.nrrd"
+    write_seg_nrrd(image.with_array(labels), manifest, path)
+    staging = slicer.vtkMRMLScene()
+    seg = SegmentationLogic._read_segmentation(staging, path, ct)
+    got = segments(seg)
+    assert [sid for sid, _ in got] == [f"label_{l.value}" for l in manifest.labels]
+    assert [s.GetName() for _, s in got] == [l.name for l in manifest.labels]
+    assert [s.GetTerminology() for _, s in got] == [terminology_string(l.terminology) for l in manifest.labels]
+    liver = export_labelmap(seg, ct, ["label_6"])
+    assert np.array_equal(slicer.util.arrayFromVolume(liver).astype(bool), labels == 6)
+    import dataclasses
+
+    shifted = dataclasses.replace(image.with_array(labels), origin=tuple(o + 5.0 for o in image.origin))
+    write_seg_nrrd(shifted, manifest, tmp_path / "shifted.seg.nrrd")
+    with pytest.raises(WorkerError, match="does not match the input volume"):
+        SegmentationLogic._read_segmentation(slicer.vtkMRMLScene(), tmp_path / "shifted.seg.nrrd", ct)
+
+
 def test_oblique_volume_geometry(scene, logic, data_dir, tmp_path):
     from slicer_support import make_package
 

@@ -6,10 +6,10 @@ One segmentation:
 2. write each input volume to a private temporary folder (storage nodes, uncompressed NRRD);
 3. start `python -m unetrpp segment ... --progress json` in a separate process (process.py);
    `SegmentationRun.poll()` relays its events (a GUI timer calls it; `wait()` loops it headless);
-4. on success build the segmentation in a private staging scene (reference geometry from the
-   input volume set BEFORE the labelmap is imported; names, colours, terminology from the model's
-   manifest; regions as extra segments), then copy it into the scene with a table of volumes from
-   the report and optionally the probability volume. Any failure removes what was added;
+4. on success read the engine's `.seg.nrrd` into a private staging scene (segment names, colours,
+   terminology and regions come from the one writer, unetrpp.segmentation; its grid is checked
+   against the input volume), then copy it into the scene with a table of volumes from the report
+   and optionally the probability volume. Any failure removes what was added;
 5. cancel or failure: the process is ended, the temporary folder removed, the scene unchanged.
 """
 
@@ -26,13 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import slicer
 import vtk
 
 from unetrpp import catalogue
 from unetrpp.errors import UnetrppError
-from unetrpp.terminology import slicer_terminology_string
 
 from .errors import CancelledByUser, InputError, ModelError, ModuleError, WorkerError
 from .modelstore import ModelInfo, model_from_manifest, read_package_manifest
@@ -43,17 +41,10 @@ from .terminologies import terminology_string
 log = logging.getLogger(__name__)
 
 EventCallback = Callable[[dict[str, Any]], None]
+RESULT_FILE = "result.seg.nrrd"  # the engine writes segments with names, colours, terminology, regions
 
 
 # Helpers ----------------------------------------------------------------------------------------
-def set_terminology(segment: Any, term: dict[str, Any]) -> None:
-    text = slicer_terminology_string(term)
-    if hasattr(segment, "SetTerminology"):
-        segment.SetTerminology(text)
-    else:  # Slicer before the terminology API: the same string in the segment's tag
-        segment.SetTag("TerminologyEntry", text)
-
-
 def ensure_segmentation_converters() -> None:
     """Slicer's Segmentations module registers the representation converters at start-up; a bare
     slicer-core has none, and copying segmentations then fails. Register them once if missing."""
@@ -291,7 +282,6 @@ class SegmentationLogic:
         self.command = list(command) if command else worker_command()
         self.env = env
         self.keep_workdir = False
-        self._segmentations_logic = slicer.vtkSlicerSegmentationsModuleLogic()
         ensure_segmentation_converters()
 
     @property
@@ -370,7 +360,7 @@ class SegmentationLogic:
                 path = workdir / "in" / f"{spec.name}.nrrd"
                 self._write_volume(inputs[spec.name], path)
                 args += ["--input", f"{spec.name}={path}"]
-            args += ["-o", str(workdir / "out" / "labelmap.nrrd"), "--report", str(workdir / "out" / "report.json"),
+            args += ["-o", str(workdir / "out" / RESULT_FILE), "--report", str(workdir / "out" / "report.json"),
                      "--progress", "json", "--device", device, "--overwrite"]
             if fast:
                 args.append("--fast")
@@ -405,9 +395,9 @@ class SegmentationLogic:
         report_path = Path(outputs.get("report") or run.outputs_dir / "report.json")
         if not report and report_path.is_file():
             report = json.loads(report_path.read_text(encoding="utf-8"))
-        labelmap_path = Path(outputs.get("segmentation") or run.outputs_dir / "labelmap.nrrd")
+        seg_path = Path(outputs.get("segmentation") or run.outputs_dir / RESULT_FILE)
         staging = slicer.vtkMRMLScene()
-        staged = self._build_segmentation(staging, labelmap_path, run.model, run.reference)
+        staged = self._read_segmentation(staging, seg_path, run.reference)
         prob_path = outputs.get("probabilities") or (run.outputs_dir / "probabilities.nrrd")
         added: list[Any] = []
         scene = self.scene
@@ -453,68 +443,34 @@ class SegmentationLogic:
         return SegmentationResult(seg_node, table, prob_node, report, time.perf_counter() - run.started,
                                   list(run.events))
 
-    def _build_segmentation(self, staging: Any, labelmap_path: Path, model: ModelInfo, reference: Any) -> Any:
-        """Segments from the labelmap file, in a private scene: names, colours, terminology from
-        the manifest, empty segments for labels not found, regions as extra (overlapping) segments."""
-        labelmap = staging.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "result")
-        reader = slicer.vtkMRMLVolumeArchetypeStorageNode()
-        reader.SetFileName(str(labelmap_path))
-        if not labelmap_path.is_file() or not reader.ReadData(labelmap):
-            raise WorkerError(f"The engine reported success but its result {labelmap_path.name} is unreadable.",
-                              kind="import")
-        result_dims = labelmap.GetImageData().GetDimensions()
-        ref_dims = reference.GetImageData().GetDimensions()
-        if tuple(result_dims) != tuple(ref_dims):
-            raise WorkerError(f"The result grid {result_dims} does not match the input volume {ref_dims}.",
-                              kind="import")
+    @staticmethod
+    def _read_segmentation(staging: Any, path: Path, reference: Any) -> Any:
+        """The engine's .seg.nrrd in a private scene, after checking that every segment lies on the
+        input volume's grid (same voxel-to-world matrix, inside its extent)."""
         seg = staging.AddNewNodeByClass("vtkMRMLSegmentationNode", "staged")
-        seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)  # BEFORE importing
+        reader = slicer.vtkMRMLSegmentationStorageNode()
+        reader.SetFileName(str(path))
+        if not path.is_file() or not reader.ReadData(seg):
+            raise WorkerError(f"The engine reported success but its result {path.name} is unreadable.", kind="import")
+        expected = vtk.vtkMatrix4x4()
+        reference.GetIJKToRASMatrix(expected)
+        dims = reference.GetImageData().GetDimensions()
         segmentation = seg.GetSegmentation()
-        array = slicer.util.arrayFromVolume(labelmap)
-        present = set(np.unique(array).tolist()) - {0}
-        if present and not self._segmentations_logic.ImportLabelmapToSegmentationNode(labelmap, seg, ""):
-            raise WorkerError("Slicer could not import the result labelmap.", kind="import")
-        by_value = {}
         for i in range(segmentation.GetNumberOfSegments()):
-            segment = segmentation.GetNthSegment(i)
-            by_value[segment.GetLabelValue()] = segmentation.GetNthSegmentID(i)
-        declared = {label.value for label in model.labels}
-        unknown = sorted(present - declared)
-        if unknown:
-            raise WorkerError(f"The result holds label values {unknown} that model '{model.name}' does not declare.",
-                              kind="import")
-        order = []
-        for label in model.labels:
-            sid = by_value.get(label.value)
-            if sid is None:
-                sid = segmentation.AddEmptySegment("", label.name, [c / 255.0 for c in label.color])
-            segment = segmentation.GetSegment(sid)
-            segment.SetName(label.name)
-            segment.SetColor(*(c / 255.0 for c in label.color))
-            if label.terminology:
-                set_terminology(segment, label.terminology)
-            segment.SetTag("UNETRPlusPlus.LabelValue", str(label.value))
-            order.append(sid)
-        for region in model.regions:
-            mask = staging.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "region")
-            mask.CopyOrientation(labelmap)
-            image = vtk.vtkImageData()
-            image.SetDimensions(result_dims)
-            image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-            mask.SetAndObserveImageData(image)
-            slicer.util.arrayFromVolume(mask)[:] = np.isin(array, region.labels)
-            slicer.util.arrayFromVolumeModified(mask)
-            sid = segmentation.AddEmptySegment("", region.name, [c / 255.0 for c in region.color])
-            oriented = self._segmentations_logic.CreateOrientedImageDataFromVolumeNode(mask)
-            self._segmentations_logic.SetBinaryLabelmapToSegment(
-                oriented, seg, sid, self._segmentations_logic.MODE_REPLACE)
-            segment = segmentation.GetSegment(sid)
-            if region.terminology:
-                set_terminology(segment, region.terminology)
-            segment.SetTag("UNETRPlusPlus.Region", ",".join(map(str, region.labels)))
-            order.append(sid)
-        for index, sid in enumerate(order):
-            segmentation.SetSegmentIndex(sid, index)
+            labelmap = segmentation.GetNthSegment(i).GetRepresentation("Binary labelmap")
+            if labelmap is None:
+                raise WorkerError(f"The result {path.name} holds a segment without voxels.", kind="import")
+            got = vtk.vtkMatrix4x4()
+            labelmap.GetImageToWorldMatrix(got)
+            extent = labelmap.GetExtent()
+            off_grid = any(abs(got.GetElement(r, c) - expected.GetElement(r, c)) > 1e-3
+                           for r in range(3) for c in range(4))
+            outside = extent[0] <= extent[1] and any(
+                extent[2 * a] < 0 or extent[2 * a + 1] >= dims[a] for a in range(3))
+            if off_grid or outside:
+                raise WorkerError(f"The result grid of {path.name} does not match the input volume "
+                                  f"{reference.GetName()} {tuple(dims)}.", kind="import")
+        seg.SetReferenceImageGeometryParameterFromVolumeNode(reference)
         return seg
 
     @staticmethod
