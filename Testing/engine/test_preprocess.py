@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from unetrpp.errors import InputImageError
 from unetrpp.image import Image, read_image
@@ -323,3 +324,31 @@ def test_label_goes_through_the_same_crop_and_resampling(data_dir):
         preprocess(images, manifest("brats"), label=tumour.array[:, :, :-1])
     with pytest.raises(InputImageError, match="negative"):
         preprocess(images, manifest("brats"), label=-tumour.array.astype(np.int16))
+
+
+@pytest.mark.parametrize("smooth", [True, False])
+def test_separate_z_export_equals_every_class_resampled(ct, smooth):
+    """The default export (in-plane bilinear only where neighbouring labels differ, nearest along
+    z) gives the labels and confidence of resampling every class in full and taking the argmax."""
+    lo = ct.index_to_physical(np.array([10, 10, 3]))
+    hi = ct.index_to_physical(np.array([70, 60, 24]))
+    roi = (np.minimum(lo, hi).tolist(), np.maximum(lo, hi).tolist())
+    m = manifest("synapse", target_spacing=[4.5, 1.3, 1.1])  # z: 22 -> 15 slices, separate (4.5 / 1.1 > 3)
+    x, state = preprocess([ct], m, roi=roi)
+    assert state.separate_axis == 0 and state.network_shape[0] != state.crop_box[0].stop - state.crop_box[0].start
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(6, *state.network_shape))
+    if smooth:  # organ-like regions
+        logits = np.stack([ndimage.gaussian_filter(l, 3) * 40 for l in logits])
+    probs = np.exp(logits - logits.max(0))
+    probs = (probs / probs.sum(0)).astype(np.float32)
+    labels, confidence = labels_to_input_grid(probs, state, with_confidence=True)
+    crop = tuple(s.stop - s.start for s in state.crop_box)
+    full = np.stack([resize(p, crop, 1, 0, 0) for p in probs])
+    box = tuple(slice(r.start + c.start, r.start + c.stop) for r, c in zip(state.roi_box, state.crop_box))
+    assert len(np.unique(full.argmax(0))) == 6
+    assert float((labels.array[box] == full.argmax(0)).mean()) >= 0.99999
+    np.testing.assert_allclose(confidence.array[box], full.max(0), rtol=0, atol=1e-6)
+    outside = np.ones(ct.array.shape, bool)
+    outside[box] = False
+    assert not labels.array[outside].any() and not confidence.array[outside].any()

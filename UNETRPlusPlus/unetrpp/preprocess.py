@@ -36,7 +36,7 @@ from scipy import ndimage
 from .errors import InputImageError, ResourceLimitError
 from .image import Image
 from .manifest import InputSpec, Manifest
-from .resampling import nearest_indices, resample, resample_segmentation, resize_slices
+from .resampling import argmax_of_resized_slices, nearest_indices, resample, resample_segmentation
 
 log = logging.getLogger(__name__)
 
@@ -473,50 +473,49 @@ def labels_to_input_grid(probabilities: Any, state: PreprocessState, *, with_con
 
     As the official export (segmentation_export.py:80-120): each class resampled to the cropped
     grid with `plan.label_order` (1) and the separate-z rule, then argmax (ties to the lower
-    class). One class at a time with a running argmax, so memory holds two full-size float
-    channels, not K. With a separate axis and nearest neighbour along it, every output slice copies
-    one in-plane-resized network slice, so the argmax runs on the network's slices and only the
-    labels and confidence are spread along the axis."""
+    class). With a separate axis and nearest neighbour along it (the default), every output slice
+    copies one in-plane-resized network slice, so the argmax runs on the network's slices
+    (`resampling.argmax_of_resized_slices`, which interpolates every class only where the
+    labels of neighbouring pixels differ) and only labels and confidence are spread along the
+    axis. Otherwise one class at a time with a running argmax."""
     probs = probabilities
     k = int(probs.shape[0])
     if tuple(probs.shape[1:]) != tuple(state.network_shape):
         raise ValueError(f"probabilities of shape {tuple(probs.shape)} do not match the network grid {state.network_shape}")
     crop_shape = _box_shape(state.crop_box)
-    dtype = np.uint8 if k <= 256 else np.uint16
     ax = state.separate_axis
-    gather = None
-    if ax is not None and state.separate_z_order == 0:
+    if ax is not None and state.separate_z_order == 0 and state.label_order == 1:
+        # the default: in-plane bilinear per slice, nearest along the separate axis
         n, m = state.network_shape[ax], crop_shape[ax]
-        pick = nearest_indices(n, m) if n != m else np.arange(n)
-        needed, gather = np.unique(pick, return_inverse=True)
-        work_shape = list(crop_shape)
-        work_shape[ax] = len(needed)
+        needed, gather = np.unique(nearest_indices(n, m) if n != m else np.arange(n), return_inverse=True)
+        stack = np.moveaxis(_to_numpy(probs), 1 + ax, 1)  # (K, slices, in-plane...), a view
+        labels, best = argmax_of_resized_slices(stack, needed, _plane(crop_shape, ax), with_confidence)
+        labels = np.moveaxis(np.take(labels, gather, axis=0), 0, ax)
+        best = np.moveaxis(np.take(best, gather, axis=0), 0, ax) if with_confidence else None
     else:
-        work_shape = list(crop_shape)
-    best = np.empty(work_shape, dtype=np.float32)
-    labels = np.zeros(work_shape, dtype=dtype)
-    channel = np.empty(work_shape, dtype=np.float32)
-    better = np.empty(work_shape, dtype=bool)
-    for c in range(k):
-        p = _to_numpy(probs[c])
-        target = best if c == 0 else channel
-        if gather is None:
-            resize(p, crop_shape, state.label_order, ax, state.separate_z_order, out=target)
-        else:
-            src = np.take(p, needed, axis=ax)
-            resize_slices(np.moveaxis(src, ax, 0), _plane(crop_shape, ax), state.label_order, np.moveaxis(target, ax, 0))
-        if c:
-            np.greater(channel, best, out=better)
-            np.copyto(best, channel, where=better)
-            labels[better] = c
-    del channel, better
-    if gather is not None:
-        labels = np.take(labels, gather, axis=ax)
-        best = np.take(best, gather, axis=ax) if with_confidence else best
+        labels, best = _running_argmax(probs, state, crop_shape)
     label_img = _cropped_to_input(labels, state)
     if not with_confidence:
         return label_img
     return label_img, _cropped_to_input(best, state, fill=0.0)
+
+
+def _running_argmax(probs: Any, state: PreprocessState, crop_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Every class resampled to the cropped grid in turn, with a running argmax (two full-size
+    float channels in memory, not K)."""
+    k = int(probs.shape[0])
+    best = np.empty(crop_shape, dtype=np.float32)
+    labels = np.zeros(crop_shape, dtype=np.uint8 if k <= 256 else np.uint16)
+    channel = np.empty(crop_shape, dtype=np.float32)
+    better = np.empty(crop_shape, dtype=bool)
+    for c in range(k):
+        target = best if c == 0 else channel
+        resize(_to_numpy(probs[c]), crop_shape, state.label_order, state.separate_axis, state.separate_z_order, out=target)
+        if c:
+            np.greater(channel, best, out=better)
+            np.copyto(best, channel, where=better)
+            labels[better] = c
+    return labels, best
 
 
 def _plane(shape: Sequence[int], axis: int) -> tuple[int, int]:

@@ -32,9 +32,10 @@ going to 30 slices resizes 30), and batches of slices are interpolated together 
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from functools import lru_cache
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 #: float64 elements per temporary array in a batch of slices (32 MB), which bounds the memory of
 #: every interpolation here to a few hundred MB whatever the volume's size.
@@ -53,39 +54,54 @@ def nearest_indices(n_in: int, n_out: int) -> np.ndarray:
     return np.clip(np.floor(pixel_centres(n_in, n_out) + 0.5), 0, n_in - 1).astype(np.intp)
 
 
-# skimage 0.18.1 `warp` interpolation along one axis ------------------------------------------------
-def _take(a: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
-    return np.take(a, np.clip(index, 0, a.shape[axis] - 1), axis=axis)
+# skimage 0.18.1 `warp` interpolation, one axis at a time ------------------------------------------
+@lru_cache(maxsize=64)
+def interpolation_matrix(n_in: int, n_out: int, order: int) -> sparse.csr_matrix:
+    """(n_out, n_in) sparse matrix of skimage 0.18.1's `warp` kernel along one axis: the taps of
+    each output sample (indices clamped to the edge, as mode "edge") and their weights.
 
-
-def _interpolate_axis(a: np.ndarray, axis: int, n_out: int, order: int) -> np.ndarray:
-    """`a` (float64) interpolated along `axis` to `n_out` samples, with skimage's arithmetic."""
-    n_in = a.shape[axis]
-    if n_in == n_out:
-        return a  # identity coordinates: every kernel returns the sample itself
+    order 0: nearest (C round(), half away from zero); order 1: bilinear, taps floor and ceil with
+    weights 1 - t and t; order 3: Keys cubic convolution (a = -0.5), taps floor-1 .. floor+2.
+    A row's products are summed in tap order from 0, so order 0 and 1 give skimage's float64
+    values bit for bit (its `(1 - t) * f(floor) + t * f(ceil)`; ties at 0.5 included); order 3
+    agrees with skimage's Horner form to ~1e-15 relative."""
     x = pixel_centres(n_in, n_out)
-    shape = [1] * a.ndim
-    shape[axis] = n_out
-    if order == 0:  # C round(): half away from zero (negative coordinates clamp to 0 anyway)
-        lo = np.floor(x)
-        return _take(a, (lo + (x - lo >= 0.5)).astype(np.intp), axis)
     lo = np.floor(x)
-    t = (x - lo).reshape(shape)
-    i0 = lo.astype(np.intp)
-    if order == 1:  # skimage bilinear_interpolation: (1 - d) * f(floor) + d * f(ceil)
-        return (1 - t) * _take(a, i0, axis) + t * _take(a, np.ceil(x).astype(np.intp), axis)
-    if order == 3:  # skimage cubic_interpolation (Keys, a = -0.5) on samples floor-1 .. floor+2
-        f0, f1, f2, f3 = (_take(a, i0 + k, axis) for k in (-1, 0, 1, 2))
-        return f1 + 0.5 * t * (f2 - f0 + t * (2.0 * f0 - 5.0 * f1 + 4.0 * f2 - f3 + t * (3.0 * (f1 - f2) + f3 - f0)))
-    raise ValueError(f"interpolation order {order} is not supported for 2-D resizing (use 0, 1 or 3)")
+    t = x - lo
+    if order == 0:
+        taps, weights = [lo + (t >= 0.5)], [np.ones(n_out)]
+    elif order == 1:
+        taps, weights = [lo, np.ceil(x)], [1 - t, t]
+    elif order == 3:
+        t2, t3 = t * t, t * t * t
+        taps = [lo - 1, lo, lo + 1, lo + 2]
+        weights = [(-t3 + 2 * t2 - t) / 2, (3 * t3 - 5 * t2 + 2) / 2, (-3 * t3 + 4 * t2 + t) / 2, (t3 - t2) / 2]
+    else:
+        raise ValueError(f"interpolation order {order} is not supported for 2-D resizing (use 0, 1 or 3)")
+    k = len(taps)
+    indices = np.clip(np.stack(taps, axis=1), 0, n_in - 1).astype(np.int64).ravel()
+    # duplicate column indices (clamped edges) are kept: each tap is its own product, as in skimage
+    return sparse.csr_matrix((np.stack(weights, axis=1).ravel(), indices, np.arange(0, k * n_out + 1, k)),
+                             shape=(n_out, n_in))
 
 
 def _warp_stack(stack: np.ndarray, plane_shape: Sequence[int], order: int) -> np.ndarray:
     """A stack of 2-D slices (B, H, W) resized in-plane as skimage 0.18.1 `warp` does each slice
-    (columns first, then rows), float64, not clipped."""
-    a = np.asarray(stack, dtype=np.float64)
-    a = _interpolate_axis(a, 2, int(plane_shape[1]), order)
-    return _interpolate_axis(a, 1, int(plane_shape[0]), order)
+    (columns first, then rows), float64, not clipped. An axis that keeps its size is left as it is
+    (identity coordinates: every kernel returns the sample itself)."""
+    nb, n_h, n_w = stack.shape
+    h, w = (int(n) for n in plane_shape)
+    cols = interpolation_matrix(n_w, w, order) if w != n_w else None
+    rows = interpolation_matrix(n_h, h, order) if h != n_h else None
+    out = np.empty((nb, h, w), dtype=np.float64)
+    for b in range(nb):  # slice by slice: the transposes stay in the cache
+        a = np.asarray(stack[b], dtype=np.float64)
+        if cols is not None:  # (w, W) @ (W, H) -> (w, H)
+            a = (cols @ np.ascontiguousarray(a.T)).T
+        if rows is not None:  # (h, H) @ (H, w)
+            a = rows @ np.ascontiguousarray(a)
+        out[b] = a
+    return out
 
 
 def _batches(n: int, per_item: int) -> Iterator[slice]:
@@ -236,3 +252,69 @@ def resample_segmentation(seg: np.ndarray, new_shape: Sequence[int], order: int 
             resize_slices((part == value).astype(np.float64), plane, order, tmp)
             mid[tmp >= 0.5] = value
     return np.moveaxis(np.take(mid, where, axis=0), 0, axis)
+
+
+# The export's resampling + argmax, fast -------------------------------------------------------------
+def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    x = pixel_centres(n_in, n_out)
+    lo = np.floor(x)
+    return (np.clip(lo, 0, n_in - 1).astype(np.intp), np.clip(np.ceil(x), 0, n_in - 1).astype(np.intp), x - lo)
+
+
+def _argmax_and_max(values: np.ndarray, dtype: type) -> tuple[np.ndarray, np.ndarray]:
+    """argmax (ties to the lower index) and max over the first axis, one comparison per class
+    (numpy's argmax over a non-contiguous first axis is several times slower)."""
+    best = values[0].copy()
+    labels = np.zeros(best.shape, dtype=dtype)
+    better = np.empty(best.shape, dtype=bool)
+    for c in range(1, values.shape[0]):
+        np.greater(values[c], best, out=better)
+        np.copyto(labels, c, where=better)
+        np.maximum(best, values[c], out=best)
+    return labels, best
+
+
+def argmax_of_resized_slices(probs: np.ndarray, slices: Sequence[int], plane_shape: Sequence[int],
+                             with_confidence: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """Labels (argmax over classes, ties to the lower class) and, optionally, confidence (the
+    maximum) of the slices `slices` of class probabilities `probs` (K, B, H, W) after resizing every
+    class's slice to `plane_shape` with order 1 (skimage's bilinear `warp`, as the official export).
+
+    Bilinear interpolation is a convex combination of the 2 x 2 input pixels around each output
+    pixel; where those pixels all have the same argmax c, every class's interpolated value is the
+    same combination, so c stays the argmax (ties still to the lower class) and the confidence is
+    the interpolated per-pixel maximum. Only output pixels whose input neighbours disagree need
+    every class interpolated: the result is the K resizes' argmax at a fraction of their cost."""
+    k, _, n_h, n_w = probs.shape
+    nb = len(slices)
+    h, w = (int(n) for n in plane_shape)
+    r0, r1, ty = _linear_taps(n_h, h)
+    c0, c1, tx = _linear_taps(n_w, w)
+    dtype = np.uint8 if k <= 256 else np.uint16
+    labels = np.empty((nb, h, w), dtype=dtype)
+    confidence = np.empty((nb, h, w), dtype=np.float32) if with_confidence else None
+    for b, index in enumerate(slices):
+        p = np.asarray(probs[:, index])
+        net_labels, _ = _argmax_and_max(p, dtype)
+        across = np.minimum(net_labels[:, c0], net_labels[:, c1]), np.maximum(net_labels[:, c0], net_labels[:, c1])
+        low = np.minimum(across[0][r0], across[0][r1])
+        high = np.maximum(across[1][r0], across[1][r1])
+        rows, cols = np.nonzero(low != high)
+        if len(rows) > h * w // 4:  # fragmented labels: resizing every class whole is cheaper
+            labels[b], best = _argmax_and_max(resize_slices(p, (h, w), 1, np.empty((k, h, w), np.float32)), dtype)
+            if with_confidence:
+                confidence[b] = best
+            continue
+        labels[b] = low
+        if with_confidence:
+            resize_slices(p.max(axis=0)[None], (h, w), 1, confidence[b:b + 1])
+        for part in range(0, len(rows), BATCH_ELEMENTS // k):
+            i, j = rows[part:part + BATCH_ELEMENTS // k], cols[part:part + BATCH_ELEMENTS // k]
+            wy, wx = ty[i], tx[j]
+            # skimage's bilinear_interpolation: along the row first, then between the two rows
+            top = (1 - wx) * p[:, r0[i], c0[j]].astype(np.float64) + wx * p[:, r0[i], c1[j]]
+            bottom = (1 - wx) * p[:, r1[i], c0[j]].astype(np.float64) + wx * p[:, r1[i], c1[j]]
+            labels[b, i, j], best = _argmax_and_max((1 - wy) * top + wy * bottom, dtype)
+            if with_confidence:
+                confidence[b, i, j] = best
+    return labels, confidence
