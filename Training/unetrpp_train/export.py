@@ -24,7 +24,7 @@ from unetrpp.atomic import replace_path, staging_dir, write_text
 from unetrpp.errors import OutputExistsError, UnetrppError
 from unetrpp.hashing import sha256_file
 from unetrpp.network import NetworkConfig, build_network
-from unetrpp.manifest import MANIFEST_FILE, InferenceDefaults, build_manifest
+from unetrpp.manifest import MANIFEST_FILE, InferenceDefaults, Plan, build_manifest
 from unetrpp.official_models import PAPER, official_manifest
 from unetrpp.package import load_weights_into
 
@@ -183,7 +183,7 @@ def model_card(manifest: dict[str, Any], run: dict[str, Any], extra: str | None 
         "## Inputs and preprocessing",
         "",
         f"Target spacing (z, y, x): {manifest['plan']['target_spacing']} mm; crop to non-zero: "
-        f"{manifest['plan'].get('crop_to_nonzero', True)}.",
+        f"{manifest['plan'].get('crop_to_nonzero', Plan.crop_to_nonzero)}.",
         "",
     ]
     for inp in manifest["inputs"]:
