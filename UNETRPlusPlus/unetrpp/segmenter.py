@@ -226,16 +226,12 @@ class Segmenter:
 
         import torch
 
-        from .predict import predict_probabilities
-
         t = stage("predict", f"sliding window on {self.device} over {'x'.join(map(str, volume.shape[1:]))} voxels")
         tensor = torch.from_numpy(volume)
         del volume
-        probabilities = predict_probabilities(
-            self.model.network, tensor, patch_size=tuple(manifest.network_config.patch_size), overlap=overlap,
-            mirror_axes=mirror_axes, sigma_scale=defaults.gaussian_sigma_scale, batch_size=self.batch_size,
-            device=self.device, amp=self.amp, sink=sink, cancel=cancel,
-        )
+        probabilities = self.model.predict(  # the package's defaults (Gaussian sigma), mirroring unless fast
+            tensor, device=self.device, fast=fast, overlap=overlap, batch_size=self.batch_size, amp=self.amp,
+            sink=sink, cancel=cancel)
         del tensor
         timing["predict"] = time.perf_counter() - t
 
