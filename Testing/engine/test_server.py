@@ -240,3 +240,15 @@ def test_dicom_series_in_dicom_seg_out(server, data_dir, tmp_path):
     assert ds.Modality == "SEG" and len(ds.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 20
     assert outputs["report"] == str(tmp_path / "ct.report.json") and report["inputs"]["ct"]["size"] == [512, 512, 20]
     assert sum(s["voxels"] for s in report["segments"]) > 0
+
+
+def test_serve_refuses_to_start_without_authentication(tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("secret\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# no token yet\n")
+    for args, text in (([], "give --token-file"), (["--insecure-no-auth", "--host", "0.0.0.0"], "loopback"),
+                       (["--token-file", str(short)], "shorter than 16"), (["--token-file", str(empty)], "holds no token"),
+                       (["--token-file", str(tmp_path / "missing.txt")], "cannot read the token file")):
+        proc = subprocess.run([*CLI, "serve", "--port", "1", *args], env=ENV, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
