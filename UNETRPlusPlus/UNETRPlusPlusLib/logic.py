@@ -36,7 +36,7 @@ from .errors import CancelledByUser, InputError, ModelError, ModuleError, Worker
 from .modelstore import ModelInfo, model_from_manifest, read_package_manifest
 from .process import WorkerProcess, cli_command, engine_environment, signal_status, worker_command
 from .state import VolumeInfo, valid_device, volume_problem
-from .terminologies import terminology_string
+from .terminologies import terminology_string  # noqa: F401 - the TerminologyEntry strings (unetrpp.terminology) for callers
 
 log = logging.getLogger(__name__)
 
