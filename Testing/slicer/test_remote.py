@@ -13,6 +13,7 @@ from support.server import Server, TOKENS, write_tokens
 
 from UNETRPlusPlusLib import remote
 from UNETRPlusPlusLib.logic import SegmentationLogic
+from UNETRPlusPlusLib.process import engine_environment
 
 DATA_CT = "ct/example_ct_sm.nii.gz"
 
@@ -77,7 +78,9 @@ def test_remote_run_gives_the_segments_of_a_local_run(scene, data_dir, server):
     got = remote_logic.segment("demo-abdomen-ct", {"ct": ct}, fast=True, device="cpu", timeout=300,
                                on_event=events.append)
     assert any(e.get("event") == "stage" and "on the server" in (e.get("message") or "") for e in events)
-    local = SegmentationLogic(scene).segment("demo-abdomen-ct", {"ct": ct}, fast=True, device="cpu", timeout=300)
+    # the same torch thread count as the server (--threads 1): float sums in another order can flip a voxel
+    local = SegmentationLogic(scene, env=engine_environment({"OMP_NUM_THREADS": "1"})).segment(
+        "demo-abdomen-ct", {"ct": ct}, fast=True, device="cpu", timeout=300)
     a, b = labelmap(got.segmentation_node, ct), labelmap(local.segmentation_node, ct)
     assert a.max() > 0 and np.array_equal(a, b)
     assert got.report["segments"] == local.report["segments"]

@@ -281,7 +281,6 @@ class SegmentationLogic:
         self._scene = scene
         self.command = list(command) if command else worker_command()
         self.env = env
-        self.keep_workdir = False
         ensure_segmentation_converters()
 
     @property
