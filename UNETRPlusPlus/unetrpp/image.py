@@ -14,9 +14,7 @@ from __future__ import annotations
 import gzip
 import logging
 import os
-import shutil
 import struct
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -491,6 +489,31 @@ def verify_stored_data(path: Path) -> int | None:
     return path.stat().st_size
 
 
+def source_files(path: str | os.PathLike[str]) -> list[Path]:
+    """The files an input path stands for, which no output may replace: the file itself and the
+    detached data file of an .nhdr/.mhd header, or a DICOM folder itself (with everything in it)."""
+    path = Path(path)
+    files = [path]
+    if path.is_file():
+        try:
+            with open(path, "rb") as fh:
+                magic = fh.read(4)
+            if magic == b"NRRD":
+                fields, _ = _text_header(path, None)
+                detached = fields.get("data file") or fields.get("datafile")
+            elif path.name.lower().endswith(".mhd"):
+                fields, _ = _text_header(path, "elementdatafile")
+                detached = fields.get("elementdatafile")
+                detached = None if detached and detached.upper() == "LOCAL" else detached
+            else:
+                detached = None
+        except OSError:
+            detached = None
+        if detached and detached.upper() != "LIST" and "%" not in detached:
+            files.append(path.parent / detached)
+    return files
+
+
 def _nifti_header(f) -> tuple[str, list[int], int, int, int] | None:
     """(byte order, dims, bitpix, datatype, data offset) of a NIfTI-1/2 header, or None."""
     header = f.read(548)
@@ -577,8 +600,8 @@ def image_suffix(path: str | os.PathLike[str]) -> str:
 
 
 def write_image(image: Image, path: str | os.PathLike[str], compress: bool = True) -> Path:
-    """Write `image` (format from the suffix) atomically: to a temporary file beside `path`,
-    then renamed, so a failure never leaves a partial file."""
+    """Write `image` (format from the suffix) atomically (`atomic.staged_file`: a temporary file
+    beside `path`, then renamed), so a failure never leaves a partial file."""
     path = Path(path)
     suffix = image_suffix(path)
     if suffix not in WRITE_SUFFIXES:
@@ -588,12 +611,8 @@ def write_image(image: Image, path: str | os.PathLike[str], compress: bool = Tru
     if suffix in (".nhdr", ".mhd"):  # header + data file: no single-file rename possible
         sitk.WriteImage(image.to_sitk(), str(path), compress)
         return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".unetrpp-partial-", dir=path.parent))
-    try:
-        tmp = staging / path.name
+    from .atomic import staged_file
+
+    with staged_file(path) as tmp:
         sitk.WriteImage(image.to_sitk(), str(tmp), compress)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return path

@@ -12,11 +12,11 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import InputImageError, UnetrppError
+from .errors import UnetrppError
 from .image import Image
 from .outputs import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIXES, OutputPlan, default_report_path
 from .progress import CancelToken, ProgressSink, null_sink
-from .segmenter import SegmentationResult, Segmenter, resolve_input_names, statistics
+from .segmenter import SegmentationResult, Segmenter, check_roi, resolve_input_names, statistics
 
 __all__ = ["SegmentOptions", "SegmentationResult", "segment", "parse_roi", "output_plan", "default_report_path",
            "resolve_input_names", "statistics", "LABELMAP_SUFFIXES", "SEGMENTATION_SUFFIXES"]
@@ -71,11 +71,6 @@ def parse_roi(text: str) -> tuple[tuple[float, float, float], tuple[float, float
         v = [float(p) for p in text.replace(";", ",").split(",")]
     except ValueError:
         v = []
-    if len(v) != 6:
-        raise InputImageError(
-            f"--roi {text!r}: give six numbers xmin,ymin,zmin,xmax,ymax,zmax in mm (LPS, as DICOM/ITK)"
-        )
-    lo, hi = tuple(v[:3]), tuple(v[3:])
-    if any(b <= a for a, b in zip(lo, hi)):
-        raise InputImageError(f"--roi {text!r}: each max must be greater than its min")
-    return lo, hi  # type: ignore[return-value]
+    roi = check_roi((v[:3], v[3:]) if len(v) == 6 else ((), ()), given=f"--roi {text!r}")
+    assert roi is not None
+    return roi

@@ -25,14 +25,14 @@ import contextlib
 import logging
 import os
 import re
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import ndimage
 
+from .atomic import staged_file
 from .errors import UnetrppError
 from .image import Image, image_suffix, write_image
 from .manifest import Manifest, Region
@@ -51,23 +51,13 @@ _CHUNK_VOXELS = 1 << 24  # statistics count voxels slab by slab (bounded tempora
 
 
 # Atomic files ---------------------------------------------------------------------------------
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside `path` (same suffix); on success rename it onto `path`,
-    on failure delete it. The target is never partially written."""
+def atomic_path(path: str | os.PathLike[str]) -> contextlib.AbstractContextManager[Path]:
+    """A temporary path with `path`'s name beside it, renamed onto `path` on success and removed
+    on failure (`atomic.staged_file`): the target is never partially written."""
     target = Path(path)
     if not target.parent.is_dir():
         raise UnetrppError(f"the folder of {target} does not exist; create it first")
-    suffix = image_suffix(target) or target.suffix
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.partial-", suffix=suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return staged_file(target)
 
 
 # Helpers ----------------------------------------------------------------------------------------

@@ -32,6 +32,7 @@ serve runs one after another (not concurrently: one network, one device).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,7 @@ from typing import Any
 from .errors import CancelledError, InputImageError, UnetrppError
 from .image import Image, read_image
 from .manifest import Manifest
-from .outputs import OutputPlan, write_outputs
+from .outputs import OutputPlan, protected_sources, write_outputs
 from .package import Model, load
 from .preprocess import PreprocessState, labels_to_input_grid, preprocess
 from .progress import CancelToken, Event, ProgressSink, null_sink
@@ -144,6 +145,25 @@ def _read_inputs(inputs: Mapping[str, Any], manifest: Manifest,
     return {n: images[n] for n in (s.name for s in manifest.inputs)}, described
 
 
+def check_roi(roi: Roi | None, given: str | None = None) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
+    """A region of interest ((xmin, ymin, zmin), (xmax, ymax, zmax)) in LPS mm as floats, or None.
+    Refuses anything else, including NaN and infinite bounds (which no comparison catches)."""
+    if roi is None:
+        return None
+    shown = given if given is not None else repr(roi)
+    try:
+        lo, hi = (tuple(float(v) for v in corner) for corner in roi)
+    except (TypeError, ValueError):
+        lo = hi = ()
+    if len(lo) != 3 or len(hi) != 3:
+        raise InputImageError(f"region of interest {shown}: give six numbers xmin,ymin,zmin,xmax,ymax,zmax in mm (LPS, as DICOM/ITK)")
+    if not all(math.isfinite(v) for v in (*lo, *hi)):
+        raise InputImageError(f"region of interest {shown}: every bound must be a finite number of mm (not NaN or infinite)")
+    if any(b <= a for a, b in zip(lo, hi)):
+        raise InputImageError(f"region of interest {shown}: each max must be greater than its min")
+    return lo, hi  # type: ignore[return-value]
+
+
 # Report -----------------------------------------------------------------------------------
 def statistics(labelmap: Image, manifest: Manifest) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """The report's "segments" ({value, name, voxels, volume_ml} per manifest label) and "regions"
@@ -197,6 +217,7 @@ class Segmenter:
             cancel: CancelToken | None = None) -> SegmentationResult:
         """Segment without writing anything (see the module docstring)."""
         manifest = self.manifest
+        roi = check_roi(roi)
         defaults = manifest.inference_defaults
         overlap = defaults.overlap if overlap is None else float(overlap)
         if not 0 <= overlap < 1:
@@ -286,8 +307,8 @@ class Segmenter:
     def segment(self, inputs: Inputs, plan: OutputPlan | None = None, *, sink: ProgressSink = null_sink,
                 cancel: CancelToken | None = None, **run_options: Any) -> SegmentationResult:
         """`run`, then `write` when `plan` is given, then the "done" event."""
-        if plan is not None:
-            plan.check()  # again: time has passed since the caller built it
+        if plan is not None:  # again: time has passed since the caller built it; now the model is known too
+            plan.check(protected_sources(inputs, self.model.path))
         result = self.run(inputs, with_confidence=plan is not None and plan.probabilities is not None,
                           sink=sink, cancel=cancel, **run_options)
         if plan is not None:

@@ -118,7 +118,7 @@ def _print_summary(result, out=sys.stdout) -> None:
 
 def run(args: argparse.Namespace, force_json: bool = False) -> int:
     from ..catalogue import resolve_model
-    from ..outputs import OutputPlan
+    from ..outputs import OutputPlan, protected_sources
     from ..pipeline import parse_roi
     from ..segmenter import Segmenter
 
@@ -150,7 +150,8 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
 
             result = run_segment_command(args, inputs, roi, sink, cancel)
             return _finish(result, progress, bar)
-        plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite)  # before loading
+        plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite,  # before loading
+                                 protected=protected_sources(inputs))
         segmenter = Segmenter(resolve_model(args.model), args.device, batch_size=args.batch_size)
         result = segmenter.segment(inputs, plan, roi=roi, overlap=args.overlap, fast=args.fast,
                                    series_uid=args.series_uid, sink=sink, cancel=cancel)
