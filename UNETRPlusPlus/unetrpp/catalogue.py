@@ -19,7 +19,6 @@ the package machinery lazily.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -28,14 +27,16 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from .atomic import remove_path, replace_path, staged_file, staging_dir
-from .errors import CancelledError, IntegrityError, OutputExistsError, PackageError, UnetrppError
+from .errors import CancelledError, IntegrityError, ManifestError, OutputExistsError, PackageError, UnetrppError
 from .hashing import check_sha256, sha256_file
-from .manifest import MANIFEST_FILE, WEIGHTS_FILE, read_manifest
+from .manifest import (MANIFEST_FILE, MAX_MANIFEST_BYTES, WEIGHTS_FILE, check_package_zip, load_json, read_manifest,
+                       read_manifest_json)
 from .progress import CancelToken, Event, null_sink
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 CATALOGUE_SCHEMA_VERSION = 1
 PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE, "MODEL_CARD.md", "README.md", "LICENSE")
 FORMATS = ("package-zip", "official-checkpoint")
-_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 _CHUNK = 1 << 16
 
 
@@ -173,11 +174,12 @@ def load_catalogue(path: str | os.PathLike[str] | None = None) -> list[Catalogue
         log.warning("no model catalogue found (set UNETRPP_CATALOGUE); only installed models are listed")
         return []
     try:
-        data = json.loads(Path(file).read_text(encoding="utf-8"))
+        with open(file, "rb") as fh:
+            data = load_json(fh.read(MAX_MANIFEST_BYTES + 1), f"model catalogue {file}", error=CatalogueError)
     except FileNotFoundError:
         raise CatalogueError(f"model catalogue {file} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise CatalogueError(f"model catalogue {file} is not valid JSON: {exc}") from None
+    except OSError as exc:
+        raise CatalogueError(f"model catalogue {file} cannot be read: {exc.strerror or exc}") from None
     if not isinstance(data, dict) or data.get("schema_version") != CATALOGUE_SCHEMA_VERSION:
         raise CatalogueError(f"model catalogue {file}: expected an object with schema_version {CATALOGUE_SCHEMA_VERSION}")
     entries = [_entry(raw, f"{file} models[{i}]") for i, raw in enumerate(data.get("models", []))]
@@ -211,33 +213,52 @@ class InstalledModel:
     size: int
     source: str = ""
     data: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+    problem: str = ""  # why the package is broken (it cannot be used); "" when it reads
+
+    @property
+    def broken(self) -> bool:
+        return bool(self.problem)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name, "version": self.version, "title": self.title, "description": self.description,
             "path": str(self.path), "inputs": list(self.inputs), "labels": list(self.labels),
             "licence": self.licence, "size": self.size, "source": self.source,
         }
+        if self.problem:
+            out["problem"] = self.problem
+        return out
 
 
 def _describe_package_dir(path: Path) -> InstalledModel:
-    try:
-        data = json.loads((path / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise PackageError(f"{path} holds no readable {MANIFEST_FILE}: {exc}") from None
+    """What a listing shows of a package folder, read cheaply (bounded JSON, no validation). A
+    package whose manifest cannot be read or has the wrong shape is described as broken (with the
+    reason) instead of failing the whole listing."""
     size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+    try:
+        data = read_manifest_json(path)
+        if not isinstance(data, dict):
+            raise ManifestError(f"{path}/{MANIFEST_FILE} must hold a JSON object, not {type(data).__name__}")
+        inputs, labels = data.get("inputs", []), data.get("labels", [])
+        if not (isinstance(inputs, list) and all(isinstance(i, dict) for i in inputs)
+                and isinstance(labels, list) and all(isinstance(l, dict) for l in labels)
+                and isinstance(data.get("provenance", {}), dict)):
+            raise ManifestError(f"{path}/{MANIFEST_FILE}: 'inputs', 'labels' or 'provenance' has the wrong type")
+    except (PackageError, ManifestError) as exc:
+        return InstalledModel(name=path.name, version="?", title="(broken package)", description="", path=path,
+                              inputs=(), labels=(), licence="", size=size, problem=str(exc))
     return InstalledModel(
         name=str(data.get("name", path.name)), version=str(data.get("version", "?")),
         title=str(data.get("title", data.get("name", path.name))), description=str(data.get("description", "")),
-        path=path, inputs=tuple(i.get("name", "?") for i in data.get("inputs", [])),
-        labels=tuple(l.get("name", "?") for l in data.get("labels", [])),
+        path=path, inputs=tuple(str(i.get("name", "?")) for i in inputs),
+        labels=tuple(str(l.get("name", "?")) for l in labels),
         licence=str(data.get("license", "")), size=size,
         source=str(data.get("provenance", {}).get("source", "")), data=data,
     )
 
 
 def installed_models() -> list[InstalledModel]:
-    """Packages under models/ (sorted by name). Unreadable folders are skipped with a warning."""
+    """Packages under models/ (sorted by name); broken ones are listed with their `problem`."""
     return _packages_in(models_dir())
 
 
@@ -255,7 +276,7 @@ def _packages_in(root: Path) -> list[InstalledModel]:
                 continue
             try:
                 out.append(_describe_package_dir(sub))
-            except PackageError as exc:
+            except OSError as exc:  # unreadable folder
                 log.warning("skipping %s: %s", sub, exc)
     return out
 
@@ -293,20 +314,29 @@ def resolve_model(name_or_path: str | os.PathLike[str]) -> Path:
 def _safe_extract(zip_path: Path, dest: Path) -> None:
     """Extract a package zip: only plain top-level package files (optionally inside one folder);
     anything with another path, a link or an absurd size is refused."""
-    with zipfile.ZipFile(zip_path) as zf:
-        members = [m for m in zf.infolist() if not m.is_dir()]
-        prefixes = {m.filename.split("/")[0] for m in members if "/" in m.filename}
-        prefix = (prefixes.pop() + "/") if len(prefixes) == 1 and all("/" in m.filename for m in members) else ""
-        for m in members:
-            rel = m.filename[len(prefix):]
-            is_link = (m.external_attr >> 16) & 0o170000 == 0o120000
-            if rel not in PACKAGE_FILES or is_link or "\\" in m.filename or m.filename.startswith("/"):
-                raise PackageError(
-                    f"{zip_path} is not a plain model package: it holds {m.filename!r}; a package zip "
-                    f"may only contain {', '.join(PACKAGE_FILES)}"
-                )
-            with zf.open(m) as src, open(dest / rel, "wb") as dst:
-                shutil.copyfileobj(src, dst, _CHUNK)
+    try:
+        with zipfile.ZipFile(zip_path) as zf:
+            _extract_members(zf, zip_path, dest)
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+        raise PackageError(f"{zip_path} is a damaged zip file: {exc}") from None
+
+
+def _extract_members(zf: zipfile.ZipFile, zip_path: Path, dest: Path) -> None:
+    check_package_zip(zf, zip_path)  # sizes and ratios from the directory, before inflating
+    members = [m for m in zf.infolist() if not m.is_dir()]
+    prefixes = {m.filename.split("/")[0] for m in members if "/" in m.filename}
+    prefix = (prefixes.pop() + "/") if len(prefixes) == 1 and all("/" in m.filename for m in members) else ""
+    for m in members:  # every name is checked before anything is written
+        rel = m.filename[len(prefix):]
+        is_link = (m.external_attr >> 16) & 0o170000 == 0o120000
+        if rel not in PACKAGE_FILES or is_link or "\\" in m.filename or m.filename.startswith("/"):
+            raise PackageError(
+                f"{zip_path} is not a plain model package: it holds {m.filename!r}; a package zip "
+                f"may only contain {', '.join(PACKAGE_FILES)}"
+            )
+    for m in members:
+        with zf.open(m) as src, open(dest / m.filename[len(prefix):], "wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
 
 
 def _verify_package_dir(path: Path) -> str:

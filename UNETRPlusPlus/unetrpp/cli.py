@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
+from collections.abc import Callable
 
 from . import __version__
 from .errors import UnetrppError
+
+log = logging.getLogger(__name__)
 
 # Sub-command modules, in the order `unetrpp --help` lists them.
 COMMANDS = ["segment", "batch", "models", "import_official", "serve"]
@@ -37,14 +41,41 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    return run_command(args.func, args)
+
+
+def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
+    """Run one command as every entry point does (`unetrpp`, the worker): whatever goes wrong ends
+    in one `error:` line on stderr, never a traceback. Exit codes: 0 ok; 2 a problem with the
+    input, the model, the output location or the environment (unreadable or unwritable files,
+    disk full, out of memory, standard output closed); 130 cancelled; 1 an internal error (a
+    bug: its traceback is logged at debug level, shown with -vv)."""
     try:
-        return int(args.func(args) or 0)
+        return int(func(args) or 0)
     except UnetrppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        message = str(exc)
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # the reader of stdout is gone (`| head`, a parent process that stopped reading): stop
+        # quietly; stdout goes to /dev/null so that the interpreter's final flush cannot fail
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        message = "standard output was closed (broken pipe); stopped"
+    except OSError as exc:
+        where = f": {exc.filename}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}"
+    except MemoryError:
+        message = "out of memory; close other programs, use a smaller --roi, or a machine with more memory"
+    except RecursionError:
+        message = "the input is nested too deeply to process"
+    except Exception as exc:  # a bug, not the user's input
+        log.debug("internal error", exc_info=True)
+        print(f"error: internal error ({type(exc).__name__}: {exc}); please report it (run with -vv for the "
+              "traceback)", file=sys.stderr)
+        return 1
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

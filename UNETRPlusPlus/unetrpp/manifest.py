@@ -18,8 +18,12 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import os
+import re
+import reprlib
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
@@ -232,6 +236,62 @@ class Manifest:
                 )
 
 
+# Bounded JSON ----------------------------------------------------------------------------------
+#: Bounds on a model.json (and the model catalogue), checked before it is parsed: real manifests
+#: are a few kB and about 6 levels deep; without bounds a hostile one exhausts memory or the
+#: Python stack (json and jsonschema recurse per level).
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:20]} is out of range")
+    return value
+
+
+def load_json(data: bytes | str, what: str, *, error: type[Exception] = ManifestError,
+              max_bytes: int = MAX_MANIFEST_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Parse untrusted JSON with bounds: at most `max_bytes` bytes and `max_depth` nested arrays or
+    objects (measured before parsing), UTF-8, no NaN/Infinity or out-of-range numbers. Raises
+    `error` naming `what` and the limit."""
+    if len(data) > max_bytes:
+        raise error(f"{what} is larger than {max_bytes} bytes, the limit for this file")
+    if isinstance(data, bytes):
+        try:
+            data = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise error(f"{what} is not UTF-8 text: {exc}") from None
+    depth = deepest = 0
+    for match in re.finditer(r"[\[\]{}]", _JSON_STRING.sub("", data)):
+        depth += 1 if match.group() in "[{" else -1
+        if depth > deepest:
+            deepest = depth
+            if deepest > max_depth:
+                raise error(f"{what} nests arrays/objects more than {max_depth} levels deep; at most {max_depth} are accepted")
+    try:
+        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    except ValueError as exc:  # JSONDecodeError, the constants above, ints of over 4300 digits
+        raise error(f"{what} is not valid JSON: {exc}") from None
+
+
+def _check_depth(data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """The same depth bound on an object built in memory (iterative: a deep one cannot overflow)."""
+    stack = [(data, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            if depth > max_depth:
+                raise ManifestError(f"model.json nests arrays/objects more than {max_depth} levels deep; at most {max_depth} are accepted")
+            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+
+
 # Validation -----------------------------------------------------------------------------------
 @lru_cache(maxsize=None)
 def manifest_schema(version: int = SCHEMA_VERSION) -> dict[str, Any]:
@@ -244,6 +304,17 @@ def _field_path(error: Any) -> str:
     return path.lstrip(".") or "(top level)"
 
 
+def _explain(error: Any) -> str:
+    """jsonschema's message, readable and bounded (it quotes the whole offending value)."""
+    shown = reprlib.repr(error.instance)
+    if error.validator == "not" and "description" in error.schema:
+        return f"{shown} is not allowed: it must be {error.schema['description']}"
+    if error.validator == "maxLength":
+        return f"{shown} is longer than {error.validator_value} characters"
+    message = error.message
+    return message if len(message) <= 300 else message[:300] + "..."
+
+
 def validate_manifest(data: Any) -> dict[str, Any]:
     """Validate against the schema; return a copy with defaults filled. Raises ManifestError
     naming the first offending field."""
@@ -251,6 +322,7 @@ def validate_manifest(data: Any) -> dict[str, Any]:
 
     if not isinstance(data, dict):
         raise ManifestError("model.json must hold a JSON object")
+    _check_depth(data)
     version = data.get("schema_version")
     if version != SCHEMA_VERSION:
         raise ManifestError(
@@ -261,7 +333,7 @@ def validate_manifest(data: Any) -> dict[str, Any]:
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         err = jsonschema.exceptions.best_match(errors) or errors[0]
-        raise ManifestError(f"model.json field '{_field_path(err)}': {err.message}")
+        raise ManifestError(f"model.json field '{_field_path(err)}': {_explain(err)}")
     out = copy.deepcopy(data)
     for section, defaults in (("plan", _defaults_of(Plan)), ("inference", _defaults_of(InferenceDefaults))):
         target = out.setdefault(section, {})
@@ -318,29 +390,73 @@ def build_manifest(
 
 
 # Reading from a package (folder or zip) --------------------------------------------------------
+#: Bounds on a package zip, checked from its central directory before anything is inflated. The
+#: weights limit is far above any UNETR++ model (the official synapse weights are ~170 MB);
+#: UNETRPP_MAX_WEIGHTS_BYTES raises it for a trusted bigger package.
+MAX_WEIGHTS_BYTES = int(os.environ.get("UNETRPP_MAX_WEIGHTS_BYTES", 2 << 30))
+MAX_OTHER_FILE_BYTES = 16 << 20  # model card, README, licence
+MAX_ZIP_ENTRIES = 64
+MAX_ZIP_RATIO = 100  # uncompressed/compressed size of one entry: weights compress about 1.1:1
+
+
+def check_package_zip(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse a zip whose directory announces too many entries, an entry larger than its limit
+    (model.json MAX_MANIFEST_BYTES, weights MAX_WEIGHTS_BYTES, any other MAX_OTHER_FILE_BYTES) or
+    a compression ratio above MAX_ZIP_RATIO (a zip bomb). Python's zipfile never inflates an entry
+    past the size its directory states (and checks its CRC), so these bounds hold while reading."""
+    members = zf.infolist()
+    if len(members) > MAX_ZIP_ENTRIES:
+        raise PackageError(f"{path} holds {len(members)} entries; a model package zip may hold at most {MAX_ZIP_ENTRIES}")
+    names = [m.filename for m in members]
+    if len(set(names)) != len(names):  # which copy a reader takes differs between tools
+        raise PackageError(f"{path} holds the same file name twice ({sorted({n for n in names if names.count(n) > 1})})")
+    for m in members:
+        name = m.filename.rsplit("/", 1)[-1]
+        limit, setting = {MANIFEST_FILE: (MAX_MANIFEST_BYTES, ""),
+                          WEIGHTS_FILE: (MAX_WEIGHTS_BYTES, " (UNETRPP_MAX_WEIGHTS_BYTES raises it for a trusted package)")
+                          }.get(name, (MAX_OTHER_FILE_BYTES, ""))
+        if m.file_size > limit:
+            raise PackageError(
+                f"{path}: entry {m.filename!r} would inflate to {m.file_size} bytes, over the limit of {limit} bytes"
+                f"{setting}; the package was not unpacked"
+            )
+        if m.compress_type != zipfile.ZIP_STORED and m.file_size > MAX_ZIP_RATIO * max(m.compress_size, 1):
+            raise PackageError(
+                f"{path}: entry {m.filename!r} would inflate {m.compress_size} bytes to {m.file_size} "
+                f"(more than {MAX_ZIP_RATIO}:1, a zip bomb?); the package was not unpacked"
+            )
+
+
 def read_manifest_json(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """The raw model.json of a package folder or zip, as JSON (not validated). Raises PackageError
-    or ManifestError with the path in the message."""
+    """The raw model.json of a package folder or zip, as JSON (not validated, but bounded: see
+    `load_json`). Raises PackageError or ManifestError with the path in the message."""
     path = Path(path)
+    where = f"{path}/{MANIFEST_FILE}"
     if path.is_dir():
         file = path / MANIFEST_FILE
         if not file.is_file():
             raise PackageError(f"{path} is not a model package: it has no {MANIFEST_FILE}")
-        text = file.read_text(encoding="utf-8")
+        with open(file, "rb") as fh:
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
     elif zipfile.is_zipfile(path):
-        with zipfile.ZipFile(path) as zf:
-            try:
-                text = zf.read(MANIFEST_FILE).decode("utf-8")
-            except KeyError:
-                raise PackageError(f"{path} is not a model package: the zip has no {MANIFEST_FILE}") from None
+        try:
+            with zipfile.ZipFile(path) as zf:
+                check_package_zip(zf, path)
+                try:
+                    info = zf.getinfo(MANIFEST_FILE)
+                except KeyError:
+                    raise PackageError(f"{path} is not a model package: the zip has no {MANIFEST_FILE}") from None
+                if info.file_size > MAX_MANIFEST_BYTES:  # from the zip directory, before inflating
+                    raise ManifestError(f"{where} is {info.file_size} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes")
+                with zf.open(info) as fh:
+                    data = fh.read(MAX_MANIFEST_BYTES + 1)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
+            raise PackageError(f"{path} is a damaged zip file: {exc}") from None
     elif not path.exists():
         raise PackageError(f"model package {path} does not exist")
     else:
         raise PackageError(f"{path} is neither a package folder nor a zip file")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ManifestError(f"{path}/{MANIFEST_FILE} is not valid JSON: {exc}") from exc
+    return load_json(data, where)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> Manifest:

@@ -6,10 +6,13 @@ manifest before a single tensor is read; weights are never unpickled.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +24,7 @@ from torch import nn
 from .atomic import replace_path, staging_dir
 from .errors import OutputExistsError, PackageError
 from .hashing import check_sha256, sha256_bytes, sha256_file
-from .manifest import MANIFEST_FILE, WEIGHTS_FILE, Manifest, read_manifest
+from .manifest import MANIFEST_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, Manifest, check_package_zip, read_manifest
 from .network import UNETRPP, build_network
 
 log = logging.getLogger(__name__)
@@ -165,20 +168,37 @@ def save_package(
 
 # Load -------------------------------------------------------------------------------------
 def _read_weights(path: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
+    """The weights of a package folder or zip, read only after their SHA256 matched. Sizes are
+    bounded (MAX_WEIGHTS_BYTES, zip entries checked from the directory before inflating) and the
+    hash is streamed, so a hostile package costs neither memory nor minutes before it is refused."""
     expected = manifest.weights_sha256
     if path.is_dir():
         file = path / WEIGHTS_FILE
         if not file.is_file():
             raise PackageError(f"model package {path} has no {WEIGHTS_FILE}")
+        if file.stat().st_size > MAX_WEIGHTS_BYTES:
+            raise PackageError(f"{file} is {file.stat().st_size} bytes, over the limit of {MAX_WEIGHTS_BYTES} bytes "
+                               "(UNETRPP_MAX_WEIGHTS_BYTES raises it for a trusted package)")
         check_sha256(sha256_file(file), expected, f"{file}")
         return safetensors.torch.load_file(str(file))
-    with zipfile.ZipFile(path) as zf:
+    with tempfile.TemporaryDirectory(prefix="unetrpp-weights-") as tmp:
+        unpacked = Path(tmp) / WEIGHTS_FILE
         try:
-            data = zf.read(WEIGHTS_FILE)
-        except KeyError:
-            raise PackageError(f"model package {path} has no {WEIGHTS_FILE}") from None
-    check_sha256(sha256_bytes(data), expected, f"{path}:{WEIGHTS_FILE}")
-    return safetensors.torch.load(data)
+            with zipfile.ZipFile(path) as zf:
+                check_package_zip(zf, path)
+                try:
+                    info = zf.getinfo(WEIGHTS_FILE)
+                except KeyError:
+                    raise PackageError(f"model package {path} has no {WEIGHTS_FILE}") from None
+                digest = hashlib.sha256()
+                with zf.open(info) as src, open(unpacked, "wb") as dst:
+                    while block := src.read(1 << 20):
+                        digest.update(block)
+                        dst.write(block)
+        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+            raise PackageError(f"{path} is a damaged zip file: {exc}") from None
+        check_sha256(digest.hexdigest(), expected, f"{path}:{WEIGHTS_FILE}")
+        return safetensors.torch.load_file(str(unpacked))
 
 
 def load(

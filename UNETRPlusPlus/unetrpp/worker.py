@@ -12,7 +12,6 @@ import argparse
 import logging
 import sys
 
-from .errors import UnetrppError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from .commands.segment import run
 
+    from .cli import run_command
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(args, force_json=True)
-    except UnetrppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return run_command(lambda a: run(a, force_json=True), args)
 
 
 if __name__ == "__main__":

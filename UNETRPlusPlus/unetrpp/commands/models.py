@@ -72,11 +72,17 @@ def run_list(args: argparse.Namespace) -> int:
         print("  (none)")
     for m in installed:
         print(f"  {m.name:24s} {m.version:8s} {m.title}")
+        if m.broken:  # listed so the user can see and remove it; the others still work
+            print(f"  {'':24s} BROKEN, cannot be used: {m.problem}")
+            print(f"  {'':24s} remove it with: unetrpp models remove {m.name}")
+            continue
         print(f"  {'':24s} inputs: {', '.join(m.inputs)}; {len(m.labels)} labels; {m.size / 1e6:.1f} MB")
     if bundled:
         print(f"\nBundled with UNETR++ ({catalogue.bundled_models_dir()}):")
     for m in bundled:
         print(f"  {m.name:24s} {m.version:8s} {m.title}")
+        if m.broken:
+            print(f"  {'':24s} BROKEN, cannot be used: {m.problem}")
     print("\nCatalogue:")
     if not entries:
         print("  (empty)")
