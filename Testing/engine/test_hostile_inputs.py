@@ -121,6 +121,7 @@ def test_gzip_file_with_a_plain_name_is_verified(tmp_path):
         read_image(tmp_path / "ct.img.gz")
 
 
+@pytest.mark.slow
 def test_cli_refuses_corrupt_gzip_before_any_work(tmp_path):
     """Issue 12 case 1: 64 corrupted bytes in the gzip stream were segmented with exit 0; a wrong
     CRC trailer too. Now: exit 2, one error line, no output, the input unchanged."""

@@ -80,6 +80,7 @@ def test_other_names_of_the_input_refused(ct, tmp_path, monkeypatch):
             OutputPlan.create(overwrite=True, protected=protected_sources({"ct": source}), **paths)
 
 
+@pytest.mark.slow
 def test_outputs_never_replace_the_model_or_a_dicom_input(tmp_path, data_dir):
     pkg = tmp_path / "pkg"
     shutil.copytree(DEMO_MODEL, pkg)
@@ -108,6 +109,7 @@ def test_detached_data_file_of_an_input_is_protected(tmp_path):
 
 
 # Item 4: concurrent runs --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_two_concurrent_runs_one_output(ct, tmp_path):
     """Issue 12 case 4: both said "wrote segmentation" and the second silently replaced the first.
     Now exactly one run writes; the other exits 2 naming the file, and nothing is mixed."""
@@ -182,6 +184,7 @@ def _unwritable_folder(tmp_path: Path) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_unwritable_output_folder_refused_before_inference(ct, tmp_path):
     """Issue 12 case 5: the whole inference ran first, then a PermissionError traceback."""
     folder = _unwritable_folder(tmp_path)

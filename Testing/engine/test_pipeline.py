@@ -176,18 +176,20 @@ def test_cancel_leaves_nothing(ct_model, data_dir, tmp_path):
 
 
 def test_failed_write_leaves_nothing(ct_model, data_dir, tmp_path):
-    # the probability map's folder vanishes during the run: nothing may be left behind
+    # the probability map's folder is replaced by a file during the run (a missing folder would be
+    # created): the write fails and nothing of this run may be left behind
     sub = tmp_path / "sub"
     sub.mkdir()
 
     def sink(event: Event) -> None:
         if event.event == "stage" and event.stage == "write":
             sub.rmdir()
+            sub.write_text("not a folder")
 
     with pytest.raises(Exception):
         segment(ct_model, data_dir / CT, SegmentOptions(output=tmp_path / "y.nii.gz", probabilities=sub / "p.nii.gz",
                                                         fast=True, sink=sink))
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["sub"] and sub.read_text() == "not a folder"
 
 
 def test_largest_component(tmp_path, data_dir):
@@ -210,8 +212,8 @@ def test_largest_component(tmp_path, data_dir):
 def test_option_errors(ct_model, data_dir, tmp_path):
     with pytest.raises(UnetrppError, match="unknown format '.png'"):
         segment(ct_model, data_dir / CT, SegmentOptions(output=tmp_path / "x.png"))
-    with pytest.raises(UnetrppError, match="folder of segmentation output .* does not exist"):
-        segment(ct_model, data_dir / CT, SegmentOptions(output=tmp_path / "no" / "x.nii.gz"))
+    with pytest.raises(UnetrppError, match="cannot write segmentation output .*: .* is a file, not a folder"):
+        segment(ct_model, data_dir / CT, SegmentOptions(output=data_dir / CT / "x.nii.gz"))  # a missing folder is created
     with pytest.raises(InputImageError, match="six numbers"):
         parse_roi("1,2,3")
     assert parse_roi("-10,-20,-30,10,20,30") == ((-10, -20, -30), (10, 20, 30))

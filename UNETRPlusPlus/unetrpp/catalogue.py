@@ -248,13 +248,24 @@ def _describe_package_dir(path: Path) -> InstalledModel:
         return InstalledModel(name=path.name, version="?", title="(broken package)", description="", path=path,
                               inputs=(), labels=(), licence="", size=size, problem=str(exc))
     return InstalledModel(
-        name=str(data.get("name", path.name)), version=str(data.get("version", "?")),
-        title=str(data.get("title", data.get("name", path.name))), description=str(data.get("description", "")),
-        path=path, inputs=tuple(str(i.get("name", "?")) for i in inputs),
-        labels=tuple(str(l.get("name", "?")) for l in labels),
-        licence=str(data.get("license", "")), size=size,
-        source=str(data.get("provenance", {}).get("source", "")), data=data,
+        name=_shown(data.get("name", path.name)), version=_shown(data.get("version", "?")),
+        title=_shown(data.get("title", data.get("name", path.name))), description=_shown(data.get("description", ""), 2000),
+        path=path, inputs=tuple(_shown(i.get("name", "?")) for i in inputs),
+        labels=tuple(_shown(l.get("name", "?")) for l in labels),
+        licence=_shown(data.get("license", ""), 2000), size=size,
+        source=_shown(data.get("provenance", {}).get("source", "")), data=data,
     )
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _shown(value: Any, limit: int = 200) -> str:
+    """A manifest string as a listing prints it: the listing does not validate (see the module
+    docstring), so control characters (terminal escapes, line breaks) are replaced and the length
+    is bounded."""
+    text = _CONTROL.sub(" ", str(value))
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def installed_models() -> list[InstalledModel]:
@@ -317,7 +328,7 @@ def _safe_extract(zip_path: Path, dest: Path) -> None:
     try:
         with zipfile.ZipFile(zip_path) as zf:
             _extract_members(zf, zip_path, dest)
-    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:  # RuntimeError: encrypted
         raise PackageError(f"{zip_path} is a damaged zip file: {exc}") from None
 
 

@@ -51,7 +51,9 @@ def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse
     disk full, out of memory, standard output closed); 130 cancelled; 1 an internal error (a
     bug: its traceback is logged at debug level, shown with -vv)."""
     try:
-        return int(func(args) or 0)
+        code = int(func(args) or 0)
+        sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
+        return code
     except UnetrppError as exc:
         message = str(exc)
     except KeyboardInterrupt:

@@ -15,6 +15,7 @@ Every default of the optional manifest fields lives here, once: `Plan` (preproce
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -24,11 +25,12 @@ import re
 import reprlib
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .errors import ManifestError, PackageError
 from .network.config import NetworkConfig, NetworkConfigError
@@ -427,6 +429,23 @@ def check_package_zip(zf: zipfile.ZipFile, path: Path) -> None:
             )
 
 
+@contextlib.contextmanager
+def package_zip_entry(path: Path, name: str) -> Iterator[tuple[zipfile.ZipInfo, IO[bytes]]]:
+    """(directory entry, open stream) of one file of a package zip, opened only after the zip's
+    directory passed `check_package_zip`. A damaged or encrypted zip raises PackageError."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            check_package_zip(zf, path)
+            try:
+                info = zf.getinfo(name)
+            except KeyError:
+                raise PackageError(f"{path} is not a model package: the zip has no {name}") from None
+            with zf.open(info) as fh:
+                yield info, fh
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError) as exc:  # RuntimeError: encrypted
+        raise PackageError(f"{path} is a damaged zip file: {exc}") from None
+
+
 def read_manifest_json(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The raw model.json of a package folder or zip, as JSON (not validated, but bounded: see
     `load_json`). Raises PackageError or ManifestError with the path in the message."""
@@ -439,19 +458,10 @@ def read_manifest_json(path: str | os.PathLike[str]) -> dict[str, Any]:
         with open(file, "rb") as fh:
             data = fh.read(MAX_MANIFEST_BYTES + 1)
     elif zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as zf:
-                check_package_zip(zf, path)
-                try:
-                    info = zf.getinfo(MANIFEST_FILE)
-                except KeyError:
-                    raise PackageError(f"{path} is not a model package: the zip has no {MANIFEST_FILE}") from None
-                if info.file_size > MAX_MANIFEST_BYTES:  # from the zip directory, before inflating
-                    raise ManifestError(f"{where} is {info.file_size} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes")
-                with zf.open(info) as fh:
-                    data = fh.read(MAX_MANIFEST_BYTES + 1)
-        except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError) as exc:
-            raise PackageError(f"{path} is a damaged zip file: {exc}") from None
+        with package_zip_entry(path, MANIFEST_FILE) as (info, fh):
+            if info.file_size > MAX_MANIFEST_BYTES:  # from the zip directory, before inflating
+                raise ManifestError(f"{where} is {info.file_size} bytes, over the limit of {MAX_MANIFEST_BYTES} bytes")
+            data = fh.read(MAX_MANIFEST_BYTES + 1)
     elif not path.exists():
         raise PackageError(f"model package {path} does not exist")
     else:

@@ -12,7 +12,6 @@ import logging
 import os
 import tempfile
 import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,7 @@ from torch import nn
 from .atomic import replace_path, staging_dir
 from .errors import OutputExistsError, PackageError
 from .hashing import check_sha256, sha256_bytes, sha256_file
-from .manifest import MANIFEST_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, Manifest, check_package_zip, read_manifest
+from .manifest import MANIFEST_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, Manifest, package_zip_entry, read_manifest
 from .network import UNETRPP, build_network
 
 log = logging.getLogger(__name__)
@@ -183,20 +182,11 @@ def _read_weights(path: Path, manifest: Manifest) -> dict[str, torch.Tensor]:
         return safetensors.torch.load_file(str(file))
     with tempfile.TemporaryDirectory(prefix="unetrpp-weights-") as tmp:
         unpacked = Path(tmp) / WEIGHTS_FILE
-        try:
-            with zipfile.ZipFile(path) as zf:
-                check_package_zip(zf, path)
-                try:
-                    info = zf.getinfo(WEIGHTS_FILE)
-                except KeyError:
-                    raise PackageError(f"model package {path} has no {WEIGHTS_FILE}") from None
-                digest = hashlib.sha256()
-                with zf.open(info) as src, open(unpacked, "wb") as dst:
-                    while block := src.read(1 << 20):
-                        digest.update(block)
-                        dst.write(block)
-        except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError) as exc:
-            raise PackageError(f"{path} is a damaged zip file: {exc}") from None
+        digest = hashlib.sha256()
+        with package_zip_entry(path, WEIGHTS_FILE) as (_, src), open(unpacked, "wb") as dst:
+            while block := src.read(1 << 20):
+                digest.update(block)
+                dst.write(block)
         check_sha256(digest.hexdigest(), expected, f"{path}:{WEIGHTS_FILE}")
         return safetensors.torch.load_file(str(unpacked))
 
