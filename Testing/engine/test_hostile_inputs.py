@@ -229,3 +229,13 @@ def test_dicom_gantry_tilt_refused(data_dir):
 def test_untouched_dicom_still_reads(data_dir):
     img = read_image(data_dir / "ct_dicom/example_ct_dicom")
     np.testing.assert_allclose(img.direction, np.eye(3), atol=1e-9)
+
+
+def test_in_memory_sheared_image_refused_by_the_api():
+    """Images handed to the engine in memory get the same geometry check as files."""
+    from unetrpp.pipeline import segment
+
+    img = read_image(EXAMPLE_CT)
+    img.direction = np.array([[1.0, 0.4, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    with pytest.raises(InputImageError, match="not orthonormal"):
+        segment(DEMO_MODEL, img)

@@ -200,6 +200,7 @@ def test_unwritable_output_folder_refused_before_inference(ct, tmp_path):
     assert not (tmp_path / "ok.seg.nrrd").exists()
 
 
+@pytest.mark.slow
 def test_missing_output_folder_is_created(ct, tmp_path):
     """Chosen behaviour (as nnU-Net and TotalSegmentator): `-o` into folders that do not exist
     creates them when the outputs are written."""

@@ -138,8 +138,9 @@ class ServerClient:
     def report(self, job_id: str) -> dict[str, Any]:
         return self._request("GET", f"/jobs/{job_id}/report").json()
 
-    def download(self, job_id: str, path: str | os.PathLike[str]) -> Path:
-        """The result file, written beside `path` and renamed into place."""
+    def download(self, job_id: str, path: str | os.PathLike[str], overwrite: bool = True) -> Path:
+        """The result file, written beside `path` and renamed into place (without `overwrite`,
+        only if nothing is there: see `atomic.place`)."""
         import httpx
 
         from .atomic import staged_file
@@ -150,7 +151,7 @@ class ServerClient:
                 if response.status_code >= 400:
                     response.read()
                     self._request("GET", f"/jobs/{job_id}/result")  # raises with the server's message
-                with staged_file(path) as tmp, open(tmp, "wb") as f:
+                with staged_file(path, overwrite=overwrite) as tmp, open(tmp, "wb") as f:
                     for chunk in response.iter_bytes(1 << 20):
                         f.write(chunk)
         except httpx.TransportError as exc:
@@ -193,7 +194,7 @@ class ServerClient:
 def segment_on_server(url: str, token: str, model: str, inputs: Mapping[str, str | os.PathLike[str]],
                       output: str | os.PathLike[str], *, report: str | os.PathLike[str] | None = None,
                       options: Mapping[str, Any] | None = None, sink: ProgressSink = null_sink,
-                      cancel: CancelToken | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+                      cancel: CancelToken | None = None, overwrite: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
     """Run one segmentation on the server; write `output` and its report as a local run would.
     Returns (report, {"segmentation": path, "report": path})."""
     from .atomic import write_text
@@ -212,8 +213,8 @@ def segment_on_server(url: str, token: str, model: str, inputs: Mapping[str, str
             raise
         sink(Event("stage", stage="write", message=f"downloading the result to {output}"))
         result = client.report(job_id)
-        client.download(job_id, output)
-        write_text(report_path, json.dumps(result, indent=2) + "\n")
+        client.download(job_id, output, overwrite=overwrite)
+        write_text(report_path, json.dumps(result, indent=2) + "\n", overwrite=overwrite)
     outputs = {"segmentation": str(output), "report": str(report_path)}
     sink(Event("done", outputs=outputs, report=result))
     return result, outputs
@@ -241,20 +242,17 @@ def _server_model(client: ServerClient, model: str) -> dict[str, Any]:
 def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, cancel: CancelToken | None) -> RemoteResult:
     """`unetrpp segment --server URL ...`: the same options and outputs as a local run. `inputs`
     is the positional INPUT or {NAME: PATH} as the CLI parsed them."""
-    from .errors import OutputExistsError
-    from .outputs import default_report_path
+    from .outputs import OutputPlan, protected_sources
 
     if args.probabilities:
         raise UnetrppError("--probabilities is not available with --server (the server returns the segmentation "
                            "and its report); run locally for a confidence map")
     if args.device not in ("auto", None):
         log.warning("--device %s is ignored with --server: the server chooses its devices", args.device)
-    report_path = Path(args.report) if args.report else default_report_path(Path(args.output))
-    for path in (Path(args.output), report_path):
-        if path.exists() and not args.overwrite:
-            raise OutputExistsError(f"output {path} already exists; choose another path or pass --overwrite")
-        if not path.parent.is_dir():
-            raise UnetrppError(f"the folder of output {path} does not exist; create it first")
+    # the local run's output rules: existing files, inputs and unwritable folders refused before any work
+    plan = OutputPlan.create(args.output, args.report, overwrite=args.overwrite,
+                             protected=protected_sources(inputs, args.model))
+    report_path = plan.report
     token = read_token(args.token_file)
     with ServerClient(args.server, token) as client:
         described = _server_model(client, args.model)
@@ -269,5 +267,6 @@ def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, ca
     options = {"fast": bool(args.fast), "overlap": args.overlap, "series_uid": args.series_uid,
                "roi": None if roi is None else [list(roi[0]), list(roi[1])]}
     report, outputs = segment_on_server(args.server, token, described["name"], inputs, args.output,
-                                        report=report_path, options=options, sink=sink, cancel=cancel)
+                                        report=report_path, options=options, sink=sink, cancel=cancel,
+                                        overwrite=args.overwrite)
     return RemoteResult(report, outputs)

@@ -41,7 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CancelledError, InputImageError, UnetrppError
-from .image import Image, read_image
+from .image import Image, check_geometry, read_image
 from .manifest import Manifest
 from .outputs import OutputPlan, protected_sources, write_outputs
 from .package import Model, load
@@ -133,7 +133,11 @@ def _read_inputs(inputs: Mapping[str, Any], manifest: Manifest,
     described: dict[str, Any] = {}
     for given, value in inputs.items():
         name = mapping[given]
-        img = value if isinstance(value, Image) else read_image(value, series_uid=series_uid)
+        if isinstance(value, Image):  # in memory: the geometry checks read_image does for files
+            check_geometry(value, f"input {given!r}")
+            img = value
+        else:
+            img = read_image(value, series_uid=series_uid)
         images[name] = img
         described[name] = {
             "source": img.meta.get("source", "(in memory)"),
