@@ -52,48 +52,46 @@ def _find(items: list, entry_code) -> object | None:
                  and i.GetCodeValue() == entry_code.GetCodeValue()), None)
 
 
+def _listed(count: int, get_nth, cls=None) -> list:
+    """Items 0..count-1 of a Terminologies-logic list, each read into a new object."""
+    items = []
+    for i in range(count):
+        item = (cls or slicer.vtkSlicerTerminologyType)()
+        get_nth(i, item)
+        items.append(item)
+    return items
+
+
 def resolves(logic, text: str) -> str:
     """'' if Slicer finds the entry's category/type/modifier in the context it names and its
     region in the named anatomic context; else what is missing."""
     entry = slicer.vtkSlicerTerminologyEntry()
     if not logic.DeserializeTerminologyEntry(text, entry):
         return "unparsable"
-    context = entry.GetTerminologyContextName()
-    categories = []
-    for i in range(logic.GetNumberOfCategoriesInTerminology(context)):
-        c = slicer.vtkSlicerTerminologyCategory()
-        logic.GetNthCategoryInTerminology(context, i, c)
-        categories.append(c)
+    ctx = entry.GetTerminologyContextName()
+    categories = _listed(logic.GetNumberOfCategoriesInTerminology(ctx),
+                         lambda i, c: logic.GetNthCategoryInTerminology(ctx, i, c), slicer.vtkSlicerTerminologyCategory)
     category = _find(categories, entry.GetCategoryObject())
     if category is None:
-        return f"category not in '{context}'"
-    types = []
-    for i in range(logic.GetNumberOfTypesInTerminologyCategory(context, category)):
-        t = slicer.vtkSlicerTerminologyType()
-        logic.GetNthTypeInTerminologyCategory(context, category, i, t)
-        types.append(t)
+        return f"category not in '{ctx}'"
+    types = _listed(logic.GetNumberOfTypesInTerminologyCategory(ctx, category),
+                    lambda i, t: logic.GetNthTypeInTerminologyCategory(ctx, category, i, t))
     type_ = _find(types, entry.GetTypeObject())
     if type_ is None:
-        return f"type not in '{context}'"
+        return f"type not in '{ctx}'"
     modifier = entry.GetTypeModifierObject()
     if modifier.GetCodeValue():
-        mods = []
-        for i in range(logic.GetNumberOfTypeModifiersInTerminologyType(context, category, type_)):
-            m = slicer.vtkSlicerTerminologyType()
-            logic.GetNthTypeModifierInTerminologyType(context, category, type_, i, m)
-            mods.append(m)
+        mods = _listed(logic.GetNumberOfTypeModifiersInTerminologyType(ctx, category, type_),
+                       lambda i, m: logic.GetNthTypeModifierInTerminologyType(ctx, category, type_, i, m))
         if _find(mods, modifier) is None:
-            return f"modifier not in '{context}'"
+            return f"modifier not in '{ctx}'"
     region = entry.GetRegionObject()
     if region.GetCodeValue():
-        region_context = entry.GetRegionContextName()
-        regions = []
-        for i in range(logic.GetNumberOfRegionsInRegionContext(region_context)):
-            r = slicer.vtkSlicerTerminologyType()
-            logic.GetNthRegionInRegionContext(region_context, i, r)
-            regions.append(r)
+        rctx = entry.GetRegionContextName()
+        regions = _listed(logic.GetNumberOfRegionsInRegionContext(rctx),
+                          lambda i, r: logic.GetNthRegionInRegionContext(rctx, i, r))
         if _find(regions, region) is None:
-            return f"region not in '{region_context}'"
+            return f"region not in '{rctx}'"
     return ""
 
 
