@@ -260,7 +260,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         pool.stop()
 
     app = FastAPI(title="UNETR++ segmentation server", version=__version__, lifespan=lifespan,
-                  docs_url=None, redoc_url=None, openapi_url=f"{API_PREFIX}/openapi.json")
+                  docs_url=None, redoc_url=None, openapi_url=None)  # no unauthenticated route at all
     app.add_middleware(BodyLimit, limit=config.max_upload_bytes)
     authenticate = _authenticator(config.tokens)
     app.state.store, app.state.pool = store, pool
