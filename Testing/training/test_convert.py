@@ -13,7 +13,7 @@ import SimpleITK as sitk
 
 from support import raw_datasets as rd
 from unetrpp_train.cli import main
-from unetrpp_train.convert import ACDC_TEST, ACDC_TRAIN, ACDC_VAL, BRATS_VAL, SYNAPSE_TEST, convert
+from unetrpp_train.convert import ACDC_TEST, ACDC_TRAIN, BRATS_VAL, SYNAPSE_ALL, SYNAPSE_TEST, convert
 from unetrpp_train.layout import MARKER_FILE, ConversionError, DatasetLayoutError, load_dataset
 
 
@@ -33,10 +33,45 @@ def arr(path: Path) -> np.ndarray:
 
 
 def test_official_split_lists_are_complete():
-    assert len(ACDC_TRAIN) == 70 and len(ACDC_VAL) == 10 and len(ACDC_TEST) == 20
-    assert sorted(ACDC_TRAIN + ACDC_VAL + ACDC_TEST) == list(range(1, 101))
+    from unetrpp_train.official import official_split
+
+    assert len(ACDC_TRAIN) == 80 and len(ACDC_TEST) == 20  # patients (unetr_pp_trainer_acdc.py:346-401)
+    assert sorted(ACDC_TRAIN + ACDC_TEST) == list(range(1, 101))
+    acdc = official_split("acdc")
+    assert len(acdc["train"]) == 160 and len(acdc["test"]) == 40  # both frames of every patient, on one side
+    assert {c[:10] for c in acdc["train"]}.isdisjoint({c[:10] for c in acdc["test"]})
     assert len(BRATS_VAL) == 73 and len(set(BRATS_VAL)) == 73
-    assert len(SYNAPSE_TEST) == 12
+    brats = official_split("brats")
+    assert (len(brats["train"]), len(brats["test"]), len(brats["excluded"])) == (387, 73, 24)
+    assert sorted(brats["train"] + brats["test"] + brats["excluded"]) == [f"BRATS_{i:03d}" for i in range(1, 485)]
+    lung = official_split("lung")
+    assert (len(lung["train"]), len(lung["test"])) == (50, 13) and not set(lung["train"]) & set(lung["test"])
+    assert len(SYNAPSE_TEST) == 12 and len(SYNAPSE_ALL) == 30 and len(official_split("synapse")["train"]) == 18
+
+
+def test_complete_synapse_gets_the_official_18_12_split_and_a_partial_one_is_refused_for_the_paper_recipe(tmp_path):
+    from unetrpp_train.official import SplitMismatchError, check_official_split
+    from unetrpp_train.trainer import train
+    from unetrpp_train.config import load_config
+
+    full = json.loads(convert("synapse", rd.small_synapse_source(tmp_path / "all", SYNAPSE_ALL), tmp_path / "d1").read_text())
+    assert len(full["splits"]["train"]) == 18 and full["splits"]["test"] == [f"img{n}" for n in SYNAPSE_TEST]
+    assert full["splits"]["val"] == full["splits"]["test"]
+    assert full["official_split"]["missing"] == [] and full["official_split"]["extra"] == []
+    check_official_split("synapse", full["splits"], "d1", all_cases=list(full["cases"]))  # accepted
+
+    part = tmp_path / "d2"
+    convert("synapse", rd.small_synapse_source(tmp_path / "some", ("0001", "0005", "0099")), part)
+    data = json.loads((part / "dataset.json").read_text())
+    assert data["official_split"]["extra"] == ["img0099"] and "img0002" in data["official_split"]["missing"]
+    with pytest.raises(SplitMismatchError) as err:  # the paper recipe refuses it before any work
+        train(load_config("synapse"), part, tmp_path / "run")
+    msg = str(err.value)
+    assert "img0099" in msg and "img0002" in msg and "--custom-split" in msg and "unetr_pp_trainer_synapse.py" in msg
+    assert not (tmp_path / "run").exists()
+    # an explicit custom split converts everything 80/20 instead
+    custom = json.loads(convert("synapse", tmp_path / "some", tmp_path / "d3", custom_split=True).read_text())
+    assert custom["official_split"] == {"kind": "custom"} and custom["splits"]["train"] == ["img0001", "img0005", "img0099"]
 
 
 def test_synapse_real_ct_geometry_labels_split(tmp_path, data_dir):
@@ -71,9 +106,10 @@ def test_btcv_evaluates_all_13_organs(tmp_path):
 def test_acdc_frames_from_info_cfg_and_official_split(tmp_path, data_dir):
     src = rd.acdc_source(tmp_path / "src", data_dir)
     data = json.loads(convert("acdc", src, tmp_path / "dst").read_text())
-    assert data["splits"] == {"train": ["patient001_frame01", "patient001_frame12"],
-                              "val": ["patient090_frame04", "patient090_frame11"],
-                              "test": ["patient002_frame01", "patient002_frame12"]}
+    # the official lists: patients 001 and 090 train, 002 test (= val, as the official trainer validates on it)
+    assert data["splits"] == {"train": ["patient001_frame01", "patient001_frame12", "patient090_frame04", "patient090_frame11"],
+                              "test": ["patient002_frame01", "patient002_frame12"],
+                              "val": ["patient002_frame01", "patient002_frame12"]}
     assert data["cases"]["patient090_frame11"]["phase"] == "ES"
     assert data["cases"]["patient001_frame12"]["spacing"] == list(rd.ACDC_SPACING)
     case = tmp_path / "dst" / "cases" / "patient002_frame12"
@@ -107,7 +143,7 @@ def test_brats2021_labels_and_decathlon_4d(tmp_path):
     assert d21["splits"] == {"train": ["BraTS2021_00000", "BraTS2021_00002"]}  # 2 cases: position 4 not reached
 
     dec = json.loads(convert("brats", rd.brats_decathlon_source(tmp_path / "sdec"), tmp_path / "ddec").read_text())
-    assert dec["splits"] == {"train": ["BRATS_001"], "val": ["BRATS_011"]}
+    assert dec["splits"] == {"train": ["BRATS_001"], "test": ["BRATS_011"], "val": ["BRATS_011"]}
     chans, lab = rd.brats_like_arrays(1)
     for i, name in enumerate(["flair", "t1", "t1gd", "t2"]):
         np.testing.assert_array_equal(arr(tmp_path / f"ddec/cases/BRATS_011/image_{name}.nii.gz"), chans[i])
@@ -115,10 +151,15 @@ def test_brats2021_labels_and_decathlon_4d(tmp_path):
     assert sitk.ReadImage(str(tmp_path / "ddec/cases/BRATS_011/image_t2.nii.gz")).GetDimension() == 3
 
 
-def test_lung_decathlon_every_fifth_case_validates(tmp_path):
+def test_lung_decathlon_official_lists_or_custom_split(tmp_path):
     data = json.loads(convert("lung", rd.lung_source(tmp_path / "src", n=6), tmp_path / "dst").read_text())
-    assert data["splits"]["val"] == ["lung_005"]
-    assert data["splits"]["train"] == ["lung_001", "lung_002", "lung_003", "lung_004", "lung_006"]
+    # unetr_pp_trainer_lung.py:348-362: 004 005 006 train, 001 003 test; 002 is in neither list (not in Task06)
+    assert data["splits"] == {"train": ["lung_004", "lung_005", "lung_006"], "test": ["lung_001", "lung_003"],
+                              "val": ["lung_001", "lung_003"]}
+    assert data["official_split"]["extra"] == ["lung_002"]
+    custom = json.loads(convert("lung", tmp_path / "src", tmp_path / "dst2", custom_split=True).read_text())
+    assert custom["splits"]["val"] == ["lung_005"]
+    assert custom["splits"]["train"] == ["lung_001", "lung_002", "lung_003", "lung_004", "lung_006"]
     assert data["labels"] == {"0": "background", "1": "lung tumour"} and data["channels"][0]["modality"] == "CT"
 
 

@@ -76,8 +76,11 @@ def test_empty_masks_are_defined():
     both = binary_scores(empty, empty, SPACING)
     assert (both.dice, both.hd95_mm, both.hd95_voxels, both.status) == (1.0, 0.0, 0.0, "both empty")
     one = binary_scores(empty, cube((8, 8, 8), (2, 2, 2), 3), SPACING)
-    assert one.dice == 0.0 and math.isnan(one.hd95_mm) and math.isnan(one.hd95_voxels)
+    # the official scripts (inference_synapse.py:16-21): one mask empty -> HD95 0, counted in the mean
+    assert (one.dice, one.hd95_mm, one.hd95_voxels) == (0.0, 0.0, 0.0)
     assert one.status == "prediction empty"
+    excluded = binary_scores(empty, cube((8, 8, 8), (2, 2, 2), 3), SPACING, hd95_empty="exclude")
+    assert excluded.dice == 0.0 and math.isnan(excluded.hd95_mm) and math.isnan(excluded.hd95_voxels)
     assert binary_scores(cube((8, 8, 8), (2, 2, 2), 3), empty, SPACING).status == "reference empty"
 
 
@@ -114,7 +117,7 @@ def test_evaluate_prediction_folder_synapse_table(tmp_path, capsys):
     assert len(rows) == 16  # 2 val cases x 8 organs
     assert float(rows[("img0001", "liver")]["dice"]) == 1.0
     assert float(rows[("img0001", "aorta")]["dice"]) == 1.0 and rows[("img0001", "aorta")]["status"] == "both empty"
-    assert float(rows[("img0002", "liver")]["dice"]) == 0.0 and rows[("img0002", "liver")]["hd95_mm"] == "nan"
+    assert float(rows[("img0002", "liver")]["dice"]) == 0.0 and float(rows[("img0002", "liver")]["hd95_mm"]) == 0.0
     # spleen box 2 x 5 x 7 voxels shifted by one column: overlap 2 x 5 x 6 -> Dice 120 / 140
     assert float(rows[("img0002", "spleen")]["dice"]) == pytest.approx(120 / 140, abs=1e-6)
     assert float(rows[("img0002", "spleen")]["hd95_voxels"]) == pytest.approx(1.0)
@@ -123,14 +126,22 @@ def test_evaluate_prediction_folder_synapse_table(tmp_path, capsys):
     assert list(summary) == ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "aorta",
                              "pancreas", "mean"]
     assert float(summary["liver"]["dice"]) == pytest.approx(0.5)
-    assert summary["liver"]["hd95_missing"] == "1" and float(summary["liver"]["hd95_mm"]) == 0.0
-    assert summary["mean"]["hd95_missing"] == "1"
+    assert summary["liver"]["hd95_missing"] == "0" and float(summary["liver"]["hd95_mm"]) == 0.0
+    assert summary["mean"]["hd95_missing"] == "0"
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["dice"]["spleen"] == pytest.approx((1 + 120 / 140) / 2, abs=1e-6)
     assert metrics["evaluation"]["split"] == "val" and metrics["evaluation"]["cases"] == 2
     md = (out / "summary.md").read_text()
-    assert "| Dice (%) | 92.86 |" in md and "| img0002 |" in md and "n/a" in md
+    assert "| Dice (%) | 92.86 |" in md and "| img0002 |" in md and "n/a" not in md
     capsys.readouterr()
+    # --hd95-empty exclude: the missed liver's HD95 is left out of the mean and counted as missing
+    assert main(["evaluate", "--data", str(dst), "--predictions", str(preds), "-o", str(tmp_path / "ex"),
+                 "--hd95-empty", "exclude"]) == 0
+    rows = {(r["case"], r["class"]): r for r in _rows(tmp_path / "ex" / "per_case.csv")}
+    assert rows[("img0002", "liver")]["hd95_mm"] == "nan"
+    summary = {r["class"]: r for r in _rows(tmp_path / "ex" / "summary.csv")}
+    assert summary["liver"]["hd95_missing"] == "1" and float(summary["liver"]["hd95_mm"]) == 0.0
+    assert "n/a" in (tmp_path / "ex" / "summary.md").read_text()
 
     # reports are not overwritten silently; bad prediction folders name the case and file
     with pytest.raises(EvaluationError, match="already holds an evaluation"):

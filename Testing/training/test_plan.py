@@ -49,7 +49,7 @@ def test_plan_lung_dataset_hand_computed(tmp_path):
     values = [10.0, 20.0, 30.0, 40.0, 1000.0]
     src = rd.lung_source(tmp_path / "src", n=5, spacings=spacings, shape=(4, 16, 16), values=values)
     dst = tmp_path / "dst"
-    convert("lung", src, dst)
+    convert("lung", src, dst, custom_split=True)  # every fifth case val: lung_005 (the 1000 HU case)
     result = plan_dataset(dst, sample_stride=1)
     # training cases only: z spacings [2.5, 3, 5, 5] -> median 4.0 > 3 * 0.8 and 4 slices * 3 < 16:
     # 10th percentile of [2.5, 3, 5, 5] = 2.5 + 0.3 * 0.5 = 2.65

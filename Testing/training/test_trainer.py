@@ -56,19 +56,62 @@ def phantom_data(tmp_path_factory) -> Path:
 
 
 # Fast checks ------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["synapse", "btcv", "acdc", "brats", "lung"])
+# What differs between the official trainers (Amshaker/unetr_plus_plus @ dcba1c6): batch size
+# (run/default_configuration.py:56, :63; plans for lung/brats), batch Dice (default_configuration.py:93-98 with
+# the number of plans stages, docs/training.md), dummy-2D augmentation (the plans' do_dummy_2D_data_aug),
+# patch (default_configuration.py:57, :64; unetr_pp_trainer_lung.py:93; tumour plans 128^3), split sizes.
+OFFICIAL = {
+    "synapse": dict(batch=2, batch_dice=True, dummy_2d=True, patch=[64, 128, 128], split=(18, 12)),
+    "btcv": dict(batch=2, batch_dice=True, dummy_2d=True, patch=[64, 128, 128], split=(18, 12)),
+    "acdc": dict(batch=4, batch_dice=False, dummy_2d=True, patch=[16, 160, 160], split=(80, 20)),
+    "brats": dict(batch=2, batch_dice=False, dummy_2d=False, patch=[128, 128, 128], split=(387, 73)),
+    "lung": dict(batch=2, batch_dice=False, dummy_2d=False, patch=[32, 192, 192], split=(50, 13)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OFFICIAL))
 def test_shipped_recipes_are_the_papers(name):
     from unetrpp_train.config import load_config
+    from unetrpp_train.recipe import resolve_recipe
 
+    want = OFFICIAL[name]
     cfg = load_config(name)
     assert (cfg.lr, cfg.momentum, cfg.nesterov, cfg.weight_decay, cfg.poly_exponent) == (1e-2, 0.99, True, 3e-5, 0.9)
-    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.grad_clip, cfg.batch_size) == (1000, 250, 12.0, 2)
+    assert (cfg.epochs, cfg.iterations_per_epoch, cfg.val_iterations, cfg.grad_clip) == (1000, 250, 50, 12.0)
+    assert (cfg.batch_size, cfg.batch_dice, cfg.amp) == (want["batch"], want["batch_dice"], False)
     assert np.allclose(cfg.ds_weights, [4 / 7, 2 / 7, 1 / 7])
     assert cfg.oversample_foreground == pytest.approx(0.33)
     a = cfg.augment
     assert a.enabled and a.scale_range == (0.7, 1.4) and a.elastic_prob == 0.0 and a.mirror_axes == (0, 1, 2)
+    assert a.dummy_2d == want["dummy_2d"]
+    assert a.rotation_deg == ((180.0, 0.0, 0.0) if want["dummy_2d"] else (30.0, 30.0, 30.0))
+    assert (a.noise_prob, a.noise_sigma, a.blur_prob, a.blur_p_per_channel) == (0.1, (0.0, 0.1), 0.2, 0.5)
+    assert (a.lowres_prob, a.lowres_p_per_channel, a.gamma_prob, a.gamma_inverted_prob) == (0.25, 0.5, 0.3, 0.1)
     assert cfg.variant == {"btcv": "synapse"}.get(name, name)
     assert len(cfg.config_hash()) == 16
+    r = resolve_recipe(cfg)
+    assert r["patch_size"] == want["patch"] and (r["split"]["train"], r["split"]["test"]) == want["split"]
+
+
+def test_recipe_command_prints_the_resolved_acdc_recipe():
+    proc = run_cli("recipe", "acdc", "--json", timeout=120)
+    r = json.loads(proc.stdout)
+    assert (r["batch_size"], r["amp"], r["batch_dice"]) == (4, False, False)
+    assert (r["split"]["train"], r["split"]["test"], r["split"]["unit"]) == (80, 20, "patients")
+    assert (r["split"]["train_cases"], r["split"]["test_cases"]) == (160, 40)
+    assert r["patch_size"] == [16, 160, 160] and (r["epochs"], r["iterations_per_epoch"]) == (1000, 250)
+    assert r["optimizer"] == {"name": "sgd", "lr": 0.01, "momentum": 0.99, "nesterov": True, "weight_decay": 3e-05}
+    aug = r["augmentation"]
+    assert aug["rotation"] == {"probability": 0.2, "about": "z", "degrees": [-180.0, 180.0],
+                               "mode": "in-plane (2-D per z slice, dummy 2D)"}
+    assert aug["low_resolution"]["axes"] == "y, x" and aug["gaussian_noise"]["sigma"] == [0.0, 0.1]
+    for transform in ("rotation", "scaling", "gaussian_noise", "gaussian_blur", "brightness_multiplicative",
+                      "contrast", "low_resolution", "gamma_inverted", "gamma"):
+        assert 0 < aug[transform]["probability"] <= 1
+    text = run_cli("recipe", "acdc", timeout=120).stdout
+    assert "batch_size: 4" in text and "batch_dice: False" in text
+    bad = run_cli("recipe", "nosuch", check=False, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
 
 
 def test_unknown_recipe_setting_is_refused(tmp_path):

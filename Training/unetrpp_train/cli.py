@@ -3,8 +3,10 @@ with `add_parser(subparsers)` that registers it and sets `func`; modules are dis
 command needs no change here. Commands listed in ORDER come first in `--help`, any others follow
 alphabetically.
 
-Exit codes (as `unetrpp`): 0 ok; 1 no command given; 2 a user error (`UnetrppError`, message on stderr
-as `error: ...`); 130 interrupted.
+Exit codes (as `unetrpp`): 0 ok; 1 no command given; 2 an error caused by the input (`UnetrppError`, and
+the errors unreadable, missing, malformed or hostile files raise: OSError, ValueError, EOFError,
+RecursionError, UnicodeError, zip and pickle errors), message on stderr as `error: ...` (the traceback
+only with -v); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -12,13 +14,17 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import pickle
 import pkgutil
 import sys
+import traceback
+import zipfile
+from typing import Callable
 
 from unetrpp.errors import UnetrppError
 
 #: the workflow order shown by `unetrpp-train --help`
-ORDER = ["convert", "plan", "train", "evaluate", "export"]
+ORDER = ["convert", "plan", "recipe", "train", "evaluate", "export"]
 
 
 def command_modules() -> list[str]:
@@ -44,6 +50,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+#: exceptions that bad input (a missing, unreadable, truncated, malformed or hostile file) raises
+INPUT_ERRORS = (OSError, ValueError, EOFError, RecursionError, UnicodeError, zipfile.BadZipFile, pickle.UnpicklingError,
+                MemoryError)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "the input is nested too deeply to read"
+    if isinstance(exc, MemoryError):
+        return "not enough memory for this input"
+    text = str(exc) or type(exc).__name__
+    return text if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {text}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -54,10 +74,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    return guarded(lambda: args.func(args), verbose=args.verbose)
+
+
+def guarded(call: Callable[[], int | None], verbose: int = 0) -> int:
+    """Run one entry point: its exit code, or `error: ...` on stderr and 2 for an error the input caused."""
     try:
-        return int(args.func(args) or 0)
+        return int(call() or 0)
     except UnetrppError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except INPUT_ERRORS as exc:
+        if verbose:
+            traceback.print_exc()
+        print(f"error: {_describe(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("cancelled", file=sys.stderr)

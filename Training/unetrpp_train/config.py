@@ -2,13 +2,13 @@
 the command line. The recipe's canonical JSON is hashed; the hash goes into every checkpoint and
 into the exported model package's provenance.
 
-Defaults reproduce the official UNETR++ trainers (Amshaker/unetr_plus_plus @ dcba1c6,
-`unetr_pp_trainer_<dataset>.py`, nnU-Net v1 derived): SGD lr 1e-2, momentum 0.99 Nesterov,
-weight decay 3e-5, poly decay (exponent 0.9) per epoch, 1000 epochs x 250 iterations, gradient
-clipping at norm 12, Dice + cross-entropy with deep-supervision weights 4/7, 2/7, 1/7, and
-nnU-Net's "moreDA" augmentation (rotation +-30 deg, scaling 0.7-1.4, no elastic deformation,
-gamma, mirroring, brightness/contrast, low-resolution simulation, Gaussian noise/blur) with a
-third of the patches forced to contain foreground.
+Defaults reproduce the official UNETR++ trainers (Amshaker/unetr_plus_plus @ dcba1c6, paths below relative
+to unetr_pp/; nnU-Net v1 derived): SGD lr 1e-2, momentum 0.99 Nesterov, weight decay 3e-5, poly decay
+(exponent 0.9) per epoch, 1000 epochs x 250 iterations, gradient clipping at norm 12, float32 (no AMP),
+Dice + cross-entropy with deep-supervision weights 4/7, 2/7, 1/7, and nnU-Net's "moreDA" augmentation
+with a third of the patches forced to contain foreground. Where a value is the official one, the field's
+docstring names the file:line it comes from; docs/training.md has the side-by-side table.
+`unetrpp-train recipe NAME` prints a recipe fully resolved.
 """
 
 from __future__ import annotations
@@ -35,34 +35,78 @@ class ConfigError(UnetrppError, ValueError):
 
 @dataclass
 class AugmentConfig:
-    """nnU-Net "moreDA"-style augmentation; probabilities are per patch unless noted."""
+    """nnU-Net v1 "moreDA" augmentation as the official trainers configure it
+    (training/data_augmentation/data_augmentation_moreDA.py:45-111 with default_data_augmentation.py:35-104 and
+    the trainers' setup_DA_params, e.g. unetr_pp_trainer_acdc.py:431-483), transforms of batchgenerators 0.21.
+    Probabilities are per sample unless the name says per channel."""
 
     enabled: bool = True
+    dummy_2d: bool = False
+    """the plan's do_dummy_2D_data_aug (Trainer_*.py process_plans): spatial transform in-plane only (rotation
+    about the z axis up to rotation_deg[0], in-plane scaling) and no low-resolution simulation along z"""
     rotation_prob: float = 0.2
+    """p_rot (default_data_augmentation.py:55)"""
     rotation_deg: tuple[float, float, float] = (30.0, 30.0, 30.0)
-    """max rotation about the (z, y, x) array axes in degrees"""
+    """max rotation about the (z, y, x) array axes in degrees (unetr_pp_trainer_*.py setup_DA_params: +-30;
+    dummy 2D: +-180 about z only, default_data_augmentation.py:96-98)"""
     scale_prob: float = 0.2
+    """p_scale (default_data_augmentation.py:48)"""
     scale_range: tuple[float, float] = (0.7, 1.4)
+    """(unetr_pp_trainer_acdc.py:478); half of the factors below 1, half above (batchgenerators
+    augment_spatial); a factor s > 1 samples s times the patch extent (zoom out)"""
+    sampling_scale_range: tuple[float, float] = (0.85, 1.25)
+    """scale range the official code sizes the sampled region with: get_patch_size runs before scale_range is
+    raised to 0.7-1.4 (unetr_pp_trainer_acdc.py:464-478)"""
     elastic_prob: float = 0.0
-    """the official UNETR++ trainers set do_elastic False; nnU-Net's default would be 0.2"""
+    """do_elastic False in every official trainer (unetr_pp_trainer_acdc.py:479); nnU-Net's default is 0.2"""
     elastic_sigma: tuple[float, float] = (9.0, 13.0)
-    elastic_magnitude: tuple[float, float] = (0.0, 200.0)
+    elastic_alpha: tuple[float, float] = (0.0, 900.0)
     noise_prob: float = 0.1
-    noise_variance: float = 0.1
+    """GaussianNoiseTransform(p_per_sample=0.1) (data_augmentation_moreDA.py:79)"""
+    noise_sigma: tuple[float, float] = (0.0, 0.1)
+    """batchgenerators' noise_variance (0, 0.1) is used as the standard deviation (augment_gaussian_noise
+    draws it uniformly and passes it to np.random.normal as sigma)"""
     blur_prob: float = 0.2
+    blur_p_per_channel: float = 0.5
     blur_sigma: tuple[float, float] = (0.5, 1.0)
+    """GaussianBlurTransform((0.5, 1), different_sigma_per_channel, p_per_sample 0.2, p_per_channel 0.5)
+    (data_augmentation_moreDA.py:80-81): one sigma for all axes, drawn per channel"""
     brightness_prob: float = 0.15
     brightness_range: tuple[float, float] = (0.75, 1.25)
+    """BrightnessMultiplicativeTransform (data_augmentation_moreDA.py:82): one factor per channel"""
     contrast_prob: float = 0.15
     contrast_range: tuple[float, float] = (0.75, 1.25)
+    """ContrastAugmentationTransform (data_augmentation_moreDA.py:90): per channel, half below 1, range kept"""
     lowres_prob: float = 0.25
+    lowres_p_per_channel: float = 0.5
     lowres_zoom: tuple[float, float] = (0.5, 1.0)
-    gamma_prob: float = 0.3
+    """SimulateLowResolutionTransform (data_augmentation_moreDA.py:91-94): per channel zoom, nearest
+    downsampling, cubic upsampling; z kept in dummy 2D"""
     gamma_inverted_prob: float = 0.1
+    gamma_prob: float = 0.3
     gamma_range: tuple[float, float] = (0.7, 1.5)
+    """GammaTransform per channel, retain_stats, half of the gammas below 1 (data_augmentation_moreDA.py:95-102)"""
     mirror_axes: tuple[int, ...] = (0, 1, 2)
     mirror_prob: float = 0.5
-    """per axis"""
+    """per axis (batchgenerators augment_mirroring)"""
+
+
+#: recipe fields whose value differs between the four official trainers, with where the official value comes from
+OFFICIAL_SOURCES = {
+    "amp": "run/run_training.py:69 (--fp32 defaults to True: no mixed precision)",
+    "batch_size": "run/default_configuration.py:56 (ACDC 4), :63 (Synapse 2); Lung and BraTS: the plans' 3d_fullres "
+                  "batch size, 2 by nnU-Net v1's planner (experiment_planner_baseline_3DUNet_v21.py)",
+    "batch_dice": "run/default_configuration.py:93-98 (batch Dice only with more than one plans stage)",
+    "epochs": "unetr_pp_trainer_*.py __init__ max_num_epochs = 1000",
+    "iterations_per_epoch": "network_trainer_*.py __init__ num_batches_per_epoch = 250",
+    "val_iterations": "network_trainer_*.py __init__ num_val_batches_per_epoch = 50",
+    "optimizer": "unetr_pp_trainer_*.py initialize_optimizer_and_scheduler: SGD(lr 1e-2, momentum 0.99, nesterov); "
+                 "Trainer_*.py __init__ weight_decay 3e-5",
+    "poly_exponent": "unetr_pp_trainer_*.py maybe_update_lr: poly_lr(epoch, 1000, 1e-2, 0.9)",
+    "grad_clip": "unetr_pp_trainer_*.py run_iteration: clip_grad_norm_(..., 12)",
+    "ds_weights": "unetr_pp_trainer_*.py initialize: 1/2**i for 3 outputs, normalised",
+    "oversample_foreground": "Trainer_*.py __init__ oversample_foreground_percent = 0.33",
+}
 
 
 @dataclass
@@ -74,7 +118,7 @@ class TrainConfig:
     network: dict[str, Any] = field(default_factory=dict)
     """overrides of unetrpp.network.NetworkConfig fields (patch_size, feature_size, stem_kernel ...)"""
     batch_size: int = 2
-    """per process; the official plans use 2 (nnFormer-derived plans files)"""
+    """per process (ACDC 4: run/default_configuration.py:56; Synapse 2: :63; Lung/BraTS 2 from the plans)"""
     epochs: int = 1000
     iterations_per_epoch: int = 250
     val_iterations: int = 0
@@ -88,11 +132,16 @@ class TrainConfig:
     poly_exponent: float = 0.9
     grad_clip: float = 12.0
     ds_weights: tuple[float, ...] = (4 / 7, 2 / 7, 1 / 7)
-    batch_dice: bool = True
+    batch_dice: bool = False
+    """Dice over the whole batch (True) or per sample, averaged (False). Official: batch Dice only when the
+    nnU-Net plans have more than one stage (run/default_configuration.py:93-98); see docs/training.md"""
     oversample_foreground: float = 0.33
     augment: AugmentConfig = field(default_factory=AugmentConfig)
-    amp: bool = True
-    """mixed precision (float16 autocast + GradScaler); used on CUDA only"""
+    amp: bool = False
+    """mixed precision (float16 autocast + GradScaler, CUDA only). Official: off (run/run_training.py:69,
+    --fp32 defaults to True); `unetrpp-train train --amp` turns it on"""
+    custom_split: bool = False
+    """train a benchmark recipe on a split other than the official lists (splits/<dataset>.json)"""
     num_workers: int = 4
     seed: int = 12345
     checkpoint_every: int = 50
@@ -117,17 +166,23 @@ class TrainConfig:
         unknown = set(data) - known
         if unknown:
             raise ConfigError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
-        aug = data.pop("augment", {}) or {}
+        aug = dict(data.pop("augment", {}) or {})
+        if "noise_variance" in aug:  # recipes before the official noise semantics: variance v -> sigma in (0, v)
+            v = aug.pop("noise_variance")
+            aug.setdefault("noise_sigma", (0.0, float(v)) if isinstance(v, (int, float)) else tuple(v))
+        aug.pop("elastic_magnitude", None)  # renamed elastic_alpha (batchgenerators' name)
         aug_known = {f.name for f in dataclasses.fields(AugmentConfig)}
         bad = set(aug) - aug_known
         if bad:
             raise ConfigError(f"unknown augmentation setting(s): {', '.join(sorted(bad))}")
-        tuples = {"rotation_deg", "scale_range", "elastic_sigma", "elastic_magnitude", "blur_sigma",
-                  "brightness_range", "contrast_range", "lowres_zoom", "gamma_range", "mirror_axes"}
+        tuples = {f.name for f in dataclasses.fields(AugmentConfig) if f.type.startswith("tuple")}
         aug = {k: tuple(v) if k in tuples else v for k, v in aug.items()}
         if "ds_weights" in data:
             data["ds_weights"] = tuple(data["ds_weights"])
-        cfg = cls(**data, augment=AugmentConfig(**aug))
+        try:
+            cfg = cls(**data, augment=AugmentConfig(**aug))
+        except TypeError as exc:
+            raise ConfigError(f"training recipe: {exc}") from exc
         cfg.validate()
         return cfg
 

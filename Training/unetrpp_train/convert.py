@@ -8,16 +8,16 @@ synapse
     ``RawData`` or ``RawData/Training``). Case ids ``img00XX``. The label files keep the official 13-label
     BTCV numbering; evaluation scores the 8 organs of the TransUNet/nnFormer/UNETR++ table
     (spleen 1, right kidney 2, left kidney 3, gallbladder 4, liver 6, stomach 7, aorta 8, pancreas 11).
-    Split: the standard 12 test cases 0001 0002 0003 0004 0008 0022 0025 0029 0032 0035 0036 0038 form
-    ``test`` (and ``val``: the official trainer validates on them), the other 18 ``train``.
+    Split: the official lists (splits/synapse.json): the 12 test cases 0001 0002 0003 0004 0008 0022 0025 0029
+    0032 0035 0036 0038 form ``test`` (and ``val``: the official trainer validates on them), the other 18 ``train``.
 btcv
     The same images and split, evaluated on all 13 organs.
 acdc
     ACDC (MICCAI 2017): ``SRC/[database/]training/patientNNN/patientNNN_frameXX.nii.gz`` + ``_gt``, the ED and
     ES frame numbers read from ``Info.cfg``. Case ids ``patientNNN_frameXX``. Labels 1 RV cavity,
-    2 myocardium, 3 LV cavity (kept). Split: the official UNETR++ ACDC trainer's fixed lists of the 100
-    training patients: 70 ``train``, 10 ``val`` (patients 089-100 listed in ACDC_VAL) and the remaining 20
-    ``test`` (80 train+val / 20 test, by patient, both frames of a patient in the same split).
+    2 myocardium, 3 LV cavity (kept). Split: the official UNETR++ ACDC trainer's fixed lists (splits/acdc.json):
+    80 patients (160 frames) ``train``, 20 patients (40 frames) ``test`` (= ``val``, as the official trainer
+    validates on them).
 brats
     Brain tumour MRI, three layouts, detected automatically, all stored in ONE convention, the Medical
     Segmentation Decathlon Task01_BrainTumour numbering the official network uses:
@@ -33,12 +33,20 @@ brats
     BraTS 2023 challenge    <case>/<case>-{t2f,t1n,t1c,t2w,seg}.nii.gz   1 NETC->2, 2 SNFH->1, 3 ET->3
     ======================  ==========================================  ==========================
 
-    Split: Decathlon: the official UNETR++ tumour trainer's 73 validation cases (BRATS_VAL) are ``val``,
-    all others ``train``. Challenge layouts (no official UNETR++ split): cases sorted by id, every fifth
-    (positions 4, 9, 14, ...) ``val``, the rest ``train`` (80/20, deterministic).
+    Split: Decathlon: the official UNETR++ tumour trainer's lists (splits/brats.json): 387 ``train``, 73
+    ``test`` (= ``val``); the 24 cases in neither list are converted but in no split. Challenge layouts (no
+    official UNETR++ split): a custom split (below).
 lung
     Medical Segmentation Decathlon Task06_Lung: ``SRC/dataset.json``, ``imagesTr/lung_XXX.nii.gz``,
-    ``labelsTr/lung_XXX.nii.gz``; label 1 lung tumour. Split: sorted ids, every fifth ``val`` (80/20).
+    ``labelsTr/lung_XXX.nii.gz``; label 1 lung tumour. Split: the official lists (splits/lung.json): 50
+    ``train``, 13 ``test`` (= ``val``).
+
+Official and custom splits: by default every benchmark gets the official split lists of the UNETR++ trainers
+(`unetrpp_train.official`); a source whose case ids differ from them (missing or unknown cases) is still
+converted, the split restricted to the cases present, and dataset.json records the difference
+(``official_split``: missing, extra); the paper recipes refuse such a dataset at `train` time unless
+``--custom-split``. ``custom_split=True`` (``convert --custom-split``) instead splits all cases 80/20:
+sorted ids, every fifth (positions 4, 9, 14, ...) ``val``, the rest ``train``.
 
 Every converter checks every case: missing files, unreadable files, images that are empty or all-NaN,
 label values that are not declared, image/label (and channel/channel) grids that differ; the error
@@ -57,27 +65,21 @@ from unetrpp.official_models import (ACDC_LABELS, BRATS_LABELS, BRATS_REGIONS, B
                                      SYNAPSE_EVALUATED_LABELS)
 
 from .layout import CaseSource, ConversionError, DatasetSpec, DatasetWriter, ImageRef
+from .official import official_split, official_splits_for, source_ref
 
 log = logging.getLogger(__name__)
 
 DATASETS = ("synapse", "btcv", "acdc", "brats", "lung")
 
-SYNAPSE_TEST = ["0001", "0002", "0003", "0004", "0008", "0022", "0025", "0029", "0032", "0035", "0036", "0038"]
-SYNAPSE_ALL = [f"{i:04d}" for i in (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 21, 22, 23, 24, 25, 26, 27, 28, 29, 30,
-                                    31, 32, 33, 34, 35, 36, 37, 38, 39, 40)]
+SYNAPSE_TEST = [c[3:] for c in official_split("synapse")["test"]]
+SYNAPSE_ALL = sorted(c[3:] for c in official_split("synapse")["train"] + official_split("synapse")["test"])
 
-# The official UNETR++ ACDC trainer (unetr_pp_trainer_acdc.py) fixes its split by patient number.
-ACDC_TRAIN = [1, 4, 5, 6, 7, 10, 11, 13, 15, 16, 18, 19, 20, 21, 22, 23, 25, 26, 27, 28, 29, 30, 31, 32, 33, 34, 35,
-              36, 37, 38, 39, 40, 41, 43, 44, 45, 46, 47, 50, 51, 52, 54, 56, 57, 58, 59, 60, 61, 62, 63, 65, 66, 68,
-              69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 80, 82, 83, 84, 85, 86, 87]
-ACDC_VAL = [89, 90, 91, 93, 94, 96, 97, 98, 99, 100]
-ACDC_TEST = sorted(set(range(1, 101)) - set(ACDC_TRAIN) - set(ACDC_VAL))
+# The official UNETR++ ACDC trainer (unetr_pp_trainer_acdc.py:346-401) fixes its split by frame; patients:
+ACDC_TRAIN = sorted({int(c[7:10]) for c in official_split("acdc")["train"]})
+ACDC_TEST = sorted({int(c[7:10]) for c in official_split("acdc")["test"]})
 
-# The official UNETR++ tumour trainer's validation cases of Decathlon Task01 (all other cases train).
-BRATS_VAL = [11, 12, 18, 20, 21, 28, 29, 32, 34, 36, 41, 47, 49, 53, 56, 57, 69, 71, 89, 90, 92, 95, 103, 105, 106,
-             107, 109, 118, 145, 147, 156, 161, 172, 176, 181, 194, 196, 198, 204, 205, 209, 220, 221, 227, 234, 235,
-             245, 250, 256, 257, 260, 269, 270, 271, 281, 282, 287, 289, 291, 292, 310, 314, 323, 327, 330, 333, 337,
-             346, 350, 352, 361, 382, 397]
+# The official UNETR++ tumour trainer's test (validation) cases of Decathlon Task01 (unetr_pp_trainer_tumor.py:425)
+BRATS_VAL = [int(c[6:]) for c in official_split("brats")["test"]]
 
 BRATS_CHANNELS = ["flair", "t1", "t1gd", "t2"]
 BRATS_2021_SUFFIX = {"flair": "flair", "t1": "t1", "t1gd": "t1ce", "t2": "t2"}
@@ -143,17 +145,7 @@ def _synapse_cases(src: Path) -> tuple[list[CaseSource], Path]:
         cases.append(CaseSource(f"img{number}", {"ct": ImageRef(img)}, label))
     if not cases:
         raise ConversionError(f"{root / 'img'} holds no img00XX.nii.gz files")
-    found = {c.case_id[3:] for c in cases}
-    missing = [n for n in SYNAPSE_ALL if n not in found]
-    if missing:
-        log.warning("%s: %d of the 30 Synapse training cases are missing (%s)", root, len(missing), ", ".join(missing))
     return cases, root
-
-
-def _synapse_splits(cases: Sequence[CaseSource]) -> dict[str, list[str]]:
-    ids = sorted(c.case_id for c in cases)
-    test = [c for c in ids if c[3:] in SYNAPSE_TEST]
-    return {"train": [c for c in ids if c not in test], "val": list(test), "test": list(test)}
 
 
 def _synapse_like(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict[str, list[str]], str]:
@@ -171,9 +163,7 @@ def _synapse_like(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource
         channels=[{"name": "ct", "modality": "CT"}], labels=names, evaluation=evaluation,
         source_path=src, source_layout=f"RawData/Training img/label ({root})",
     )
-    rule = ("official Synapse split (TransUNet/nnFormer/UNETR++): test = 0001 0002 0003 0004 0008 0022 0025 0029 0032 "
-            "0035 0036 0038; val = test (the official trainer validates on the test cases); train = the other 18")
-    return spec, cases, _synapse_splits(cases), rule
+    return spec, cases, None, ""
 
 
 # ACDC ---------------------------------------------------------------------------------------
@@ -201,16 +191,12 @@ def read_info_cfg(path: Path) -> dict[str, str]:
 def _acdc(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict[str, list[str]], str]:
     root = _find_acdc(src)
     cases = []
-    split_of = {**{n: "train" for n in ACDC_TRAIN}, **{n: "val" for n in ACDC_VAL}, **{n: "test" for n in ACDC_TEST}}
-    splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for folder in _visible(p for p in root.glob("patient[0-9][0-9][0-9]") if p.is_dir()):
         info = read_info_cfg(folder / "Info.cfg")
-        number = int(folder.name[7:])
         for phase in ("ED", "ES"):
             frame = f"{folder.name}_frame{int(info[phase]):02d}"
             cases.append(CaseSource(frame, {"mri": ImageRef(_nii(folder, frame))}, _nii(folder, f"{frame}_gt"),
                                     meta={"patient": folder.name, "phase": phase, "group": info.get("Group", "")}))
-            splits[split_of.get(number, "test")].append(frame)
     if not cases:
         raise ConversionError(f"{root} holds no patientNNN folders")
     spec = DatasetSpec(
@@ -220,9 +206,7 @@ def _acdc(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict[
                     "description": "right ventricle cavity (1), myocardium (2), left ventricle cavity (3)"},
         source_path=src, source_layout=f"ACDC training/patientNNN ({root})",
     )
-    rule = ("official UNETR++ ACDC split by patient (unetr_pp_trainer_acdc.py): 70 train, 10 val (patients 089-100 "
-            "minus 092, 095), the remaining 20 test; ED and ES frames of a patient stay together")
-    return spec, cases, {k: sorted(v) for k, v in splits.items()}, rule
+    return spec, cases, None, ""
 
 
 # BraTS --------------------------------------------------------------------------------------
@@ -274,10 +258,7 @@ def _brats(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict
     if layout == "decathlon":
         for cid, image, label in _decathlon_pairs(root, "brats"):
             cases.append(CaseSource(cid, {ch: ImageRef(image, i) for i, ch in enumerate(BRATS_CHANNELS)}, label, label_map))
-        val = {f"BRATS_{n:03d}" for n in BRATS_VAL}
-        ids = sorted(c.case_id for c in cases)
-        splits = {"train": [c for c in ids if c not in val], "val": [c for c in ids if c in val]}
-        rule = "official UNETR++ tumour split (unetr_pp_trainer_tumor.py): its 73 validation cases are val, all others train"
+        splits, rule = None, ""
     else:
         sep, suffix, seg = ("_", BRATS_2021_SUFFIX, "seg") if layout == "brats2021" else ("-", BRATS_2023_SUFFIX, "seg")
         first = "flair" if layout == "brats2021" else "t2f"
@@ -287,7 +268,8 @@ def _brats(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict
             images = {ch: ImageRef(_nii(folder, f"{cid}{sep}{suffix[ch]}")) for ch in BRATS_CHANNELS}
             cases.append(CaseSource(cid, images, _nii(folder, f"{cid}{sep}{seg}"), label_map))
         splits = every_fifth_split([c.case_id for c in cases])
-        rule = "no official split for this layout: cases sorted by id, every fifth (positions 4, 9, ...) val, the rest train"
+        rule = ("custom split (no official UNETR++ split for this layout): cases sorted by id, every fifth "
+                "(positions 4, 9, ...) val, the rest train")
     names = _names(BRATS_LABELS)
     regions = [{"name": "WT", "labels": [1, 2, 3], "description": "whole tumour"},
                {"name": "TC", "labels": [2, 3], "description": "tumour core"},
@@ -324,8 +306,7 @@ def _lung(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict[
         evaluation={"classes": [{"name": "lung tumour", "labels": [1]}], "description": "lung tumour (1)"},
         source_path=src, source_layout=f"Decathlon Task06_Lung ({root})",
     )
-    rule = "cases sorted by id, every fifth (positions 4, 9, ...) val, the rest train (80/20, deterministic)"
-    return spec, cases, every_fifth_split([c.case_id for c in cases]), rule
+    return spec, cases, None, ""
 
 
 _BUILDERS: dict[str, Callable[[str, Path], tuple[DatasetSpec, list[CaseSource], dict[str, list[str]], str]]] = {
@@ -333,8 +314,29 @@ _BUILDERS: dict[str, Callable[[str, Path], tuple[DatasetSpec, list[CaseSource], 
 }
 
 
-def convert(dataset: str, src: str | Path, dst: str | Path, overwrite: bool = False) -> Path:
-    """Convert the dataset in SRC into DST; returns DST/dataset.json. Resumes an interrupted run."""
+def choose_splits(dataset: str, ids: Sequence[str], custom_split: bool) -> tuple[dict[str, list[str]], str, dict[str, Any]]:
+    """(splits, rule, record for dataset.json) for a benchmark with official lists."""
+    if custom_split:
+        rule = "custom split: cases sorted by id, every fifth (positions 4, 9, ...) val, the rest train (80/20)"
+        return every_fifth_split(ids), rule, {"kind": "custom"}
+    splits, diff = official_splits_for(dataset, ids)
+    data = official_split(dataset)
+    rule = (f"official UNETR++ split ({source_ref(dataset)}): {len(data['train'])} train, {len(data['test'])} test; "
+            "val = test (the official trainer validates on the test cases)")
+    if data["excluded"]:
+        rule += f"; {len(data['excluded'])} cases are in neither official list"
+    if diff["missing"] or diff["extra"]:
+        log.warning("%s: the source differs from the official %s split: %d official case(s) missing%s, %d unknown "
+                    "case(s)%s; the paper recipe will refuse this dataset (train with --custom-split, or convert "
+                    "with --custom-split for an 80/20 split of what is here)", dataset, dataset, len(diff["missing"]),
+                    f" ({', '.join(diff['missing'][:8])}{' ...' if len(diff['missing']) > 8 else ''})" if diff["missing"] else "",
+                    len(diff["extra"]), f" ({', '.join(diff['extra'][:8])})" if diff["extra"] else "")
+    return splits, rule, {"kind": "official", "source": source_ref(dataset), **diff}
+
+
+def convert(dataset: str, src: str | Path, dst: str | Path, overwrite: bool = False, custom_split: bool = False) -> Path:
+    """Convert the dataset in SRC into DST; returns DST/dataset.json. Resumes an interrupted run.
+    Splits: the official lists (default) or, with `custom_split`, 80/20 of all cases."""
     dataset = dataset.lower()
     if dataset not in _BUILDERS:
         raise ConversionError(f"unknown dataset {dataset!r}; choose one of {', '.join(DATASETS)}")
@@ -346,6 +348,11 @@ def convert(dataset: str, src: str | Path, dst: str | Path, overwrite: bool = Fa
         raise ConversionError(f"output {dst} must differ from the source folder")
     spec, cases, splits, rule = _BUILDERS[dataset](dataset, src)
     ids = [c.case_id for c in cases]
+    if splits is None or custom_split:
+        splits, rule, record = choose_splits(dataset, ids, custom_split)
+    else:
+        record = {"kind": "custom"}
+    spec.extra["official_split"] = record
     dupes = sorted({c for c in ids if ids.count(c) > 1})
     if dupes:
         raise ConversionError(f"case ids occur twice in {src}: {', '.join(dupes)}")

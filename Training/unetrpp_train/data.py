@@ -35,6 +35,9 @@ from .config import AugmentConfig
 log = logging.getLogger(__name__)
 
 FOREGROUND_SAMPLES_PER_CLASS = 10000
+MIN_FOREGROUND_COVERAGE = 0.01
+#: bumped when what the cache holds changes (1: official foreground sampling)
+CACHE_VERSION = 1
 
 
 class DataError(UnetrppError, ValueError):
@@ -173,7 +176,8 @@ def read_plan(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def plan_hash(plan: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:12]
+    """Names the preprocessed cache: the plan and the cache format."""
+    return hashlib.sha256(json.dumps({"plan": plan, "cache": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # Preprocessing ------------------------------------------------------------------------------
@@ -213,16 +217,18 @@ def preprocess_case(case: CaseFiles, info: DatasetInfo, plan: dict[str, Any]) ->
     return preprocess_training_case(images, label, plan)
 
 
-def foreground_locations(label: np.ndarray, labels: Sequence[int], seed: int) -> dict[int, np.ndarray]:
-    """Up to FOREGROUND_SAMPLES_PER_CLASS voxel coordinates per present class (nnU-Net style)."""
-    rng = np.random.default_rng(seed)
+def foreground_locations(label: np.ndarray, labels: Sequence[int], seed: int = 1234) -> dict[int, np.ndarray]:
+    """Stored foreground voxels per present class, as nnU-Net v1's preprocessing samples them
+    (preprocessing.py _run_internal): RandomState(1234) per case, up to 10,000 voxels per class but at
+    least 1 % of the class's voxels."""
+    rng = np.random.RandomState(seed)
     out = {}
     for value in labels:
         coords = np.argwhere(label == value)
         if len(coords) == 0:
             continue
-        if len(coords) > FOREGROUND_SAMPLES_PER_CLASS:
-            coords = coords[rng.choice(len(coords), FOREGROUND_SAMPLES_PER_CLASS, replace=False)]
+        count = max(min(FOREGROUND_SAMPLES_PER_CLASS, len(coords)), int(np.ceil(len(coords) * MIN_FOREGROUND_COVERAGE)))
+        coords = coords[rng.choice(len(coords), count, replace=False)]
         out[int(value)] = coords.astype(np.int32)
     return out
 
@@ -240,7 +246,7 @@ def cache_dataset(info: DatasetInfo, plan: dict[str, Any], case_ids: Sequence[st
             tmp = cache_dir / f".{case_id}_{suffix}.tmp.npy"
             np.save(tmp, arr)
             os.replace(tmp, cache_dir / f"{case_id}_{suffix}.npy")
-        fg = foreground_locations(label, list(info.labels), seed=n)
+        fg = foreground_locations(label, list(info.labels))
         tmp = cache_dir / f".{case_id}_fg.tmp.npz"
         np.savez(tmp, **{str(k): v for k, v in fg.items()})
         os.replace(tmp, done)
@@ -322,9 +328,10 @@ class PatchDataset(Dataset):
         return img_t, lab_t
 
     def _choose_start(self, shape: Sequence[int], fg: dict[int, np.ndarray], rng: np.random.Generator) -> list[int]:
-        # nnU-Net: the region may reach past the volume by the margin the spatial transform needs
-        # (region - patch), and further when the volume is smaller than the region, so every voxel
-        # can be the centre of the final patch.
+        # nnU-Net v1 DataLoader3D (training/dataloading/dataset_loading.py, generate_train_batch): the region may
+        # reach past the volume by the margin the spatial transform needs (region - patch), and further when the
+        # volume is smaller than the region; a forced-foreground region starts at voxel - region // 2, clamped
+        # at the lower bound only (the official code does not clamp the upper end).
         size = self.region
         need = [max(s - p, s - d, 0) for s, p, d in zip(size, self.patch, shape)]
         lower = [-(n // 2) for n in need]
@@ -332,7 +339,7 @@ class PatchDataset(Dataset):
         if fg:
             cls = sorted(fg)[int(rng.integers(len(fg)))]
             voxel = fg[cls][int(rng.integers(len(fg[cls])))]
-            return [int(min(max(v - s // 2, lo), up)) for v, s, lo, up in zip(voxel, size, lower, upper)]
+            return [int(max(v - s // 2, lo)) for v, s, lo in zip(voxel, size, lower)]
         return [int(rng.integers(lo, up + 1)) for lo, up in zip(lower, upper)]
 
 

@@ -109,9 +109,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dst")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.cmd == "dataset":
+    from .cli import guarded
+
+    def run() -> int:
         write_demo_dataset(args.dst)
-    return 0
+        return 0
+
+    return guarded(run)
 
 
 if __name__ == "__main__":

@@ -12,9 +12,11 @@
   ``get_surface_distance``, Euclidean), pooled over both directions and the 95th percentile taken of the
   pooled distances (the medpy ``hd95`` definition the Synapse/ACDC tables of nnFormer/UNETR++ use).
   Reported in mm (the reference's voxel spacing) and in voxels (unit spacing, as in the paper's table).
-* Empty masks, defined explicitly: reference and prediction both empty -> Dice 1, HD95 0; exactly one
-  empty -> Dice 0 and HD95 missing (NaN in CSV, "n/a" in Markdown); mean HD95 averages the cases where
-  it is defined and the number of missing values is reported beside it.
+* Empty masks, as the official evaluation scripts (inference_synapse.py:11-21, inference_tumor.py:17-28,
+  inference_acdc.py:16-53 @ dcba1c6): reference and prediction both empty -> Dice 1, HD95 0; exactly one
+  empty -> Dice 0 and HD95 0, counted in the mean (``hd95_empty="zero"``, the default). With
+  ``hd95_empty="exclude"`` (``--hd95-empty exclude``) such an HD95 is missing instead (NaN in CSV, "n/a" in
+  Markdown), the mean averages the cases where it is defined and the number missing is reported beside it.
 
 Outputs in OUTDIR: ``per_case.csv`` (case, class, dice, hd95_mm, hd95_voxels, reference/prediction voxels,
 status), ``summary.csv`` (per class: mean Dice, mean HD95 mm/voxels, cases, HD95 missing), ``summary.md``
@@ -84,15 +86,22 @@ def hd95(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float] | None = No
     return float(np.percentile(np.concatenate([d1.ravel(), d2.ravel()]), 95))
 
 
-def binary_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> BinaryScores:
-    """Dice and HD95 of one binary mask pair (arrays in (z, y, x), spacing (z, y, x) mm)."""
+HD95_EMPTY = ("zero", "exclude")
+
+
+def binary_scores(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float], hd95_empty: str = "zero") -> BinaryScores:
+    """Dice and HD95 of one binary mask pair (arrays in (z, y, x), spacing (z, y, x) mm). One mask empty:
+    HD95 0 (`hd95_empty="zero"`, the official scripts' value) or NaN (`"exclude"`)."""
     if pred.shape != ref.shape:
         raise EvaluationError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
     n_pred, n_ref = int(np.count_nonzero(pred)), int(np.count_nonzero(ref))
     if n_pred == 0 and n_ref == 0:
         return BinaryScores(1.0, 0.0, 0.0, 0, 0, "both empty")
     if n_pred == 0 or n_ref == 0:
-        return BinaryScores(0.0, math.nan, math.nan, n_ref, n_pred, "prediction empty" if n_pred == 0 else "reference empty")
+        if hd95_empty not in HD95_EMPTY:
+            raise EvaluationError(f"hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {hd95_empty!r}")
+        value = 0.0 if hd95_empty == "zero" else math.nan
+        return BinaryScores(0.0, value, value, n_ref, n_pred, "prediction empty" if n_pred == 0 else "reference empty")
     return BinaryScores(dice_score(pred, ref), hd95(pred, ref, spacing), hd95(pred, ref, None), n_ref, n_pred, "ok")
 
 
@@ -104,8 +113,9 @@ def evaluation_classes(data: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def score_case(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float],
-               classes: Sequence[Mapping[str, Any]]) -> dict[str, BinaryScores]:
-    return {c["name"]: binary_scores(np.isin(pred, c["labels"]), np.isin(ref, c["labels"]), spacing) for c in classes}
+               classes: Sequence[Mapping[str, Any]], hd95_empty: str = "zero") -> dict[str, BinaryScores]:
+    return {c["name"]: binary_scores(np.isin(pred, c["labels"]), np.isin(ref, c["labels"]), spacing, hd95_empty)
+            for c in classes}
 
 
 # Predictions --------------------------------------------------------------------------------
@@ -238,10 +248,12 @@ def _json_number(v: float) -> float | None:
 def evaluate(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, split: str | None = None,
              model: str | os.PathLike[str] | None = None, predictions: str | os.PathLike[str] | None = None,
              device: str = "auto", overlap: float | None = None, fast: bool = False,
-             overwrite: bool = False) -> dict[str, Any]:
+             overwrite: bool = False, hd95_empty: str = "zero") -> dict[str, Any]:
     """Score the cases of `split` and write the reports to OUTDIR; returns the metrics.json content."""
     if (model is None) == (predictions is None):
         raise EvaluationError("give either a model package (--model) or a folder of predictions (--predictions)")
+    if hd95_empty not in HD95_EMPTY:
+        raise EvaluationError(f"hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {hd95_empty!r}")
     data = load_dataset(data_dir)
     if split is None:
         split = "val" if "val" in data["splits"] else "test"
@@ -278,7 +290,7 @@ def evaluate(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
             pred = _read_prediction(_prediction_file(pred_dir, case_id), case_id, reference, label_path)
         ref = sitk.GetArrayFromImage(reference)
         spacing = reference.GetSpacing()[::-1]
-        for name, s in score_case(pred, ref, spacing, classes).items():
+        for name, s in score_case(pred, ref, spacing, classes, hd95_empty).items():
             rows.append({"case": case_id, "class": name, **asdict(s)})
         log.info("case %s: Dice %s", case_id, ", ".join(f"{r['class']} {r['dice']:.3f}" for r in rows if r["case"] == case_id))
 
@@ -289,7 +301,9 @@ def evaluate(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
              f"predictions: {source}", f"classes: {desc}",
              "Dice: MONAI compute_dice; HD95: 95th percentile of the pooled symmetric surface distances "
              "(MONAI surfaces/distances), in mm and in voxels",
-             "both masks empty: Dice 1, HD95 0; one empty: Dice 0, HD95 missing (excluded from the mean, counted)"]
+             "both masks empty: Dice 1, HD95 0; one empty: Dice 0, " + (
+                 "HD95 0, counted in the mean (the official scripts' rule)" if hd95_empty == "zero" else
+                 "HD95 missing (excluded from the mean, counted)")]
     _write(out / "per_case.csv", _csv(rows, ["case", "class", "dice", "hd95_mm", "hd95_voxels", "reference_voxels",
                                              "prediction_voxels", "status"]))
     _write(out / "summary.csv", _csv(summary, ["class", "labels", "cases", "dice", "hd95_mm", "hd95_voxels", "hd95_missing"]))

@@ -10,8 +10,9 @@ Rules (nnU-Net v1 `ExperimentPlanner3D_v21`, which the official UNETR++ plans de
   coarse axis gets the 10th percentile of its spacings instead (never finer than the finest other axis).
 * CT channels: foreground voxels (label > 0) of every training case, every `sample_stride`-th (10, as
   nnU-Net v1) in C order, pooled; clip range = their 0.5 and 99.5 percentiles; mean and sd (population)
-  of the pooled samples after clipping to that range (``ct_stats="clipped"``, the default here) or before
-  (``"unclipped"``, what nnU-Net v1's intensity properties store). Inference clips, then (x - mean) / sd.
+  of the pooled samples before clipping (``ct_stats="unclipped"``, the default: what nnU-Net v1's
+  DatasetAnalyzer stores as intensity properties and its preprocessor then uses) or after clipping
+  (``"clipped"``, an option). Inference clips, then (x - mean) / sd.
 * MR channels: per-image z-score; on the non-zero mask for BraTS (skull-stripped brains), as the
   official plans do.
 * Patch size: fixed per variant as in the paper (synapse/btcv 64x128x128, acdc 16x160x160, brats 128^3,
@@ -78,7 +79,7 @@ def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequenc
     return [float(v) for v in target], "median"
 
 
-def ct_statistics(samples: np.ndarray, mode: str = "clipped") -> dict[str, Any]:
+def ct_statistics(samples: np.ndarray, mode: str = "unclipped") -> dict[str, Any]:
     """Normalisation of a CT channel from pooled foreground samples."""
     if samples.size == 0:
         raise PlanningError("no foreground voxels (label > 0) in the training cases: CT statistics need labelled voxels")
@@ -120,7 +121,7 @@ def _check_schema(plan: dict[str, Any], inputs: list[dict[str, Any]]) -> None:
 
 
 def plan_dataset(dst: str | os.PathLike[str], variant: str | None = None, patch_size: Sequence[int] | None = None,
-                 split: str = "train", sample_stride: int = 10, ct_stats: str = "clipped",
+                 split: str = "train", sample_stride: int = 10, ct_stats: str = "unclipped",
                  write: bool = True) -> dict[str, Any]:
     """Compute the plan of the converted dataset in DST (and write DST/plan.json atomically)."""
     data = load_dataset(dst)

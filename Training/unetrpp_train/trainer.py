@@ -2,8 +2,10 @@
 
 Run folder (-o RUNDIR): `run.json` (recipe, its hash, network, dataset, plan, code version),
 `checkpoint_latest.pt` (written atomically every `checkpoint_every` epochs and, optionally, every
-`checkpoint_every_iterations` steps), `checkpoint_final.pt` at the end, `metrics.jsonl` (one line per
-epoch), `tensorboard/` when enabled. Only rank 0 writes.
+`checkpoint_every_iterations` steps; the one it replaces is kept as `checkpoint_previous.pt`),
+`checkpoint_final.pt` at the end, `metrics.jsonl` (one line per epoch), `tensorboard/` when enabled.
+Only rank 0 writes. A resume whose latest checkpoint is unreadable (cut short by a full disk, a copy that
+stopped half-way) falls back to the previous one and says so.
 
 Exact resume: the data stream is a pure function of (seed, step, rank), the checkpoint holds the
 model, optimizer (momentum buffers), scheduler, AMP scaler and each rank's python/numpy/torch(/cuda)
@@ -36,6 +38,7 @@ from unetrpp.errors import UnetrppError
 from unetrpp.network import NetworkConfig, build_network, variant_config
 
 from .config import ConfigError, TrainConfig
+from .official import check_official_split, has_official_split
 from .data import (
     DataError,
     DatasetInfo,
@@ -52,6 +55,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "unetrpp-train-checkpoint-v1"
 LATEST = "checkpoint_latest.pt"
+PREVIOUS = "checkpoint_previous.pt"
 FINAL = "checkpoint_final.pt"
 RUN_FILE = "run.json"
 
@@ -119,15 +123,62 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def atomic_torch_save(obj: Any, path: Path) -> None:
+def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
+    """Write `path` so that it is either the old file or the complete new one, never a part: a temporary
+    file, flushed to disk, then renamed over it. With `keep_previous`, the file being replaced is first
+    renamed to that name (the last good checkpoint stays available for a resume)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        if keep_previous is not None and path.is_file():
+            os.replace(path, keep_previous)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Checkpoints are read without unpickling arbitrary objects (weights_only)."""
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class CheckpointError(TrainingError):
+    """A checkpoint file that cannot be used (truncated, corrupt, not ours)."""
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A complete unetrpp-train checkpoint, or CheckpointError saying what is wrong with the file."""
+    try:
+        ckpt = load_checkpoint(path)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors ...
+        raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}), e.g. cut short") from exc
+    needed = ("model", "optimizer", "scheduler", "scaler", "next_step", "rng", "config_hash", "config")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or any(k not in ckpt for k in needed):
+        raise CheckpointError(f"{path} is not a complete unetrpp-train checkpoint")
+    return ckpt
+
+
+def resume_checkpoint(run_dir: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest usable checkpoint of a run: latest, else (with a warning naming the problem) the previous."""
+    latest, previous = run_dir / LATEST, run_dir / PREVIOUS
+    if not latest.is_file() and not previous.is_file():
+        raise TrainingError(f"cannot resume: {latest} does not exist")
+    try:
+        return latest, read_checkpoint(latest)
+    except CheckpointError as exc:
+        if not previous.is_file():
+            raise TrainingError(f"cannot resume {run_dir}: {exc}, and there is no earlier checkpoint ({PREVIOUS})") from exc
+        try:
+            ckpt = read_checkpoint(previous)
+        except CheckpointError as exc2:
+            raise TrainingError(f"cannot resume {run_dir}: {exc}; the earlier one too: {exc2}") from exc2
+        log.warning("%s; resuming from the previous checkpoint %s (step %d) instead", exc, previous, int(ckpt["next_step"]))
+        return previous, ckpt
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -217,6 +268,8 @@ def train(
 def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: Dist, dev: torch.device,
            cache_dir: str | os.PathLike[str] | None, init_from: str | os.PathLike[str] | None = None) -> TrainResult:
     info = read_dataset(data_dir)
+    if has_official_split(cfg.dataset) and not cfg.custom_split:
+        check_official_split(cfg.dataset, info.splits, f"{data_dir / 'dataset.json'}", all_cases=list(info.cases))
     plan = read_plan(data_dir)
     net_cfg = network_config(cfg, info, plan)
     train_ids = info.split(cfg.split)
@@ -230,11 +283,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     checkpoint = None
     partial: dict[str, Any] = {}
     if resume:
-        if not ckpt_path.is_file():
-            raise TrainingError(f"cannot resume: {ckpt_path} does not exist")
-        checkpoint = load_checkpoint(ckpt_path)
-        if checkpoint.get("format") != CHECKPOINT_FORMAT:
-            raise TrainingError(f"{ckpt_path} is not a unetrpp-train checkpoint")
+        _, checkpoint = resume_checkpoint(run_dir)
         if checkpoint["config_hash"] != chash:
             old = checkpoint["config"]
             new = cfg.to_dict()
@@ -244,7 +293,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
                 f"{checkpoint['config_hash']} -> {chash}; changed: {', '.join(diff)}). Resume with the "
                 "same settings or start a new run folder."
             )
-    elif ckpt_path.is_file() or (run_dir / FINAL).is_file():
+    elif ckpt_path.is_file() or (run_dir / FINAL).is_file() or (run_dir / PREVIOUS).is_file():
         raise TrainingError(f"{run_dir} already holds a training run; pass --resume to continue it or choose another -o")
 
     if ddp.is_main:
@@ -280,7 +329,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     torch.manual_seed(cfg.seed)
     network = build_network(net_cfg, deep_supervision=True).to(dev)
     if init_from and checkpoint is None:
-        network.load_state_dict(load_checkpoint(Path(init_from))["model"])
+        network.load_state_dict(read_checkpoint(Path(init_from))["model"])
         log.info("initial weights from %s", init_from)
     random.seed(cfg.seed + ddp.rank)
     np.random.seed(cfg.seed + ddp.rank)
@@ -294,6 +343,8 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     epochs, exponent = cfg.epochs, cfg.poly_exponent
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(1.0 - e / epochs, 0.0) ** exponent)
     use_amp = cfg.amp and dev.type == "cuda"
+    if cfg.amp and not use_amp:
+        log.warning("mixed precision (--amp) needs CUDA; training in float32 on %s", dev)
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     loss_fn = segmentation_loss(cfg.ds_weights, cfg.batch_dice)
 
@@ -360,7 +411,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
                 "world_size": ddp.world,
                 "history": history,
                 "epoch_partial": {"losses": list(epoch_loss), "wait": epoch_wait, "time": epoch_time},
-            }, path)
+            }, path, keep_previous=run_dir / PREVIOUS if path == ckpt_path else None)
             log.info("checkpoint %s (step %d)", path, next_step)
         ddp.barrier()
 
@@ -468,8 +519,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     log.info("rank %d final state sha256 %s", ddp.rank, fingerprint)
     if ddp.is_main:
         if start_step < total_steps or not (run_dir / FINAL).exists():
-            ckpt = load_checkpoint(ckpt_path)
-            atomic_torch_save(ckpt, run_dir / FINAL)
+            atomic_torch_save(read_checkpoint(ckpt_path), run_dir / FINAL)
         if writer is not None:
             writer.close()
     log.info("trained %d steps in %.0f s", steps_done, time.perf_counter() - t_start)

@@ -2,7 +2,9 @@
 
 DATASET: synapse, btcv, acdc, brats (Decathlon Task01, BraTS 2021 or 2023 layout, detected), lung.
 DST receives dataset.json (written last) and cases/<id>/image_<channel>.nii.gz + label.nii.gz with the
-source geometry. Re-running an interrupted conversion resumes it.
+source geometry. Re-running an interrupted conversion resumes it. Splits: the official UNETR++ lists
+(Training/unetrpp_train/splits/); a source that lacks official cases or holds unknown ones is converted with
+a warning, and the paper recipes refuse it unless `train --custom-split`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 def run(args: argparse.Namespace) -> int:
     from ..convert import convert
 
-    out = convert(args.dataset, args.source, args.output, overwrite=args.overwrite)
+    out = convert(args.dataset, args.source, args.output, overwrite=args.overwrite, custom_split=args.custom_split)
     print(out)
     return 0
 
@@ -28,5 +30,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("source", metavar="SRC", help="the dataset as published (unpacked)")
     p.add_argument("-o", "--output", required=True, metavar="DST", help="output folder (new, empty, or an interrupted conversion)")
     p.add_argument("--overwrite", action="store_true", help="replace a converted dataset (or an interrupted conversion) in DST")
+    p.add_argument("--custom-split", action="store_true",
+                   help="split all cases 80/20 (every fifth sorted id is val) instead of the official UNETR++ lists; "
+                        "the paper recipes then need `train --custom-split`")
     p.set_defaults(func=run)
     return p

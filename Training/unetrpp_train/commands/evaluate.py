@@ -16,7 +16,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate
 
     metrics = evaluate(args.data, args.output, split=args.split, model=args.model, predictions=args.predictions,
-                       device=args.device, overlap=args.overlap, fast=args.fast, overwrite=args.overwrite)
+                       device=args.device, overlap=args.overlap, fast=args.fast, overwrite=args.overwrite,
+                       hd95_empty=args.hd95_empty)
     print(f"mean Dice {metrics['mean_dice']}, mean HD95 {metrics['mean_hd95_mm']} mm; reports in {args.output}")
     return 0
 
@@ -34,5 +35,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model's, 0.5)")
     p.add_argument("--fast", action="store_true", help="no mirroring (test-time augmentation off)")
     p.add_argument("--overwrite", action="store_true", help="replace reports already in OUTDIR")
+    p.add_argument("--hd95-empty", choices=["zero", "exclude"], default="zero",
+                   help="HD95 when exactly one mask is empty: 0 and counted in the mean (default, the official "
+                        "inference_*.py scripts) or left out of the mean (reported as missing)")
     p.set_defaults(func=run)
     return p

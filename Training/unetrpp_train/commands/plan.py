@@ -28,8 +28,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="cases to plan from (default: train)")
     p.add_argument("--sample-stride", type=int, default=10, metavar="N",
                    help="CT statistics use every N-th foreground voxel of each case (default 10, as nnU-Net v1)")
-    p.add_argument("--ct-stats", choices=["clipped", "unclipped"], default="clipped",
-                   help="CT mean/sd of the foreground after clipping to the 0.5/99.5 percentiles (default) or before "
-                        "(nnU-Net v1's stored intensity properties)")
+    p.add_argument("--ct-stats", choices=["unclipped", "clipped"], default="unclipped",
+                   help="CT mean/sd of the foreground samples before clipping to the 0.5/99.5 percentiles (default: "
+                        "nnU-Net v1's stored intensity properties, experiment_planning/DatasetAnalyzer.py) or after")
     p.set_defaults(func=run)
     return p

@@ -38,7 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, metavar="EPOCHS")
     p.add_argument("--checkpoint-every-iterations", type=int, metavar="STEPS")
     p.add_argument("--val-iterations", type=int, help="patch-validation batches after each epoch (0: none)")
-    p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
+    amp = p.add_mutually_exclusive_group()
+    amp.add_argument("--amp", action="store_true",
+                     help="mixed precision (float16 autocast + GradScaler) on CUDA; the official trainers train in "
+                          "float32 (run_training.py:69), which is the default")
+    amp.add_argument("--no-amp", action="store_true", help="float32 (the default; kept for older scripts)")
+    p.add_argument("--custom-split", action="store_true",
+                   help="allow a benchmark recipe on a dataset whose train/test cases differ from the official lists")
     p.add_argument("--no-augment", action="store_true", help="disable data augmentation")
     p.add_argument("--tensorboard", action="store_true", help="write TensorBoard logs to RUNDIR/tensorboard")
     p.add_argument("--init-from", metavar="CHECKPOINT", help="start from the model weights of this checkpoint (fine-tuning)")
@@ -61,8 +67,12 @@ def apply_overrides(cfg: TrainConfig, args: argparse.Namespace) -> TrainConfig:
         if value is not None:
             net[key] = list(value) if isinstance(value, (list, tuple)) else value
     data["network"] = net
+    if args.amp:
+        data["amp"] = True
     if args.no_amp:
         data["amp"] = False
+    if args.custom_split:
+        data["custom_split"] = True
     if args.no_augment:
         data["augment"]["enabled"] = False
     if args.tensorboard:
