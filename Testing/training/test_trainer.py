@@ -267,6 +267,73 @@ def test_resume_after_kill_matches_uninterrupted_run(phantom_data, tmp_path):
     assert logged == [1, 2, 3]
 
 
+@pytest.mark.slow
+def test_resume_from_a_checkpoint_cut_in_half_falls_back_to_the_previous_one(phantom_data, tmp_path):
+    """issue 12 item 11: a truncated checkpoint_latest.pt (a full disk, a copy cut short) is not a traceback:
+    the resume says so, uses checkpoint_previous.pt and still ends with the uninterrupted run's weights."""
+    from unetrpp_train.trainer import state_fingerprint
+
+    cfg = write_config(tmp_path / "cfg.json", epochs=2, iterations_per_epoch=2, checkpoint_every=1)
+    common = ["--data", str(phantom_data), "--device", "cpu"]
+    run = tmp_path / "run"
+    run_cli("train", str(cfg), "-o", str(run), *common)
+    want = state_fingerprint(ckpt(run)["model"])
+    assert ckpt(run, "checkpoint_previous.pt")["next_step"] == 2 and ckpt(run, "checkpoint_latest.pt")["next_step"] == 4
+    (run / "checkpoint_final.pt").unlink()
+    latest = run / "checkpoint_latest.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # cut in half
+
+    resumed = run_cli("train", str(cfg), "-o", str(run), *common, "--resume")
+    assert "checkpoint_latest.pt is unreadable" in resumed.stderr and "resuming from the previous checkpoint" in resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    assert "at step 2 (epoch 1, iteration 0)" in resumed.stderr
+    assert state_fingerprint(ckpt(run)["model"]) == want  # the same weights as without the damage
+    assert ckpt(run, "checkpoint_latest.pt")["next_step"] == 4  # rewritten whole
+
+    # both checkpoints damaged: a clear error and exit code 2, nothing replaced
+    for name in ("checkpoint_latest.pt", "checkpoint_previous.pt"):
+        f = run / name
+        f.write_bytes(f.read_bytes()[:100])
+    before = {p.name: p.read_bytes() for p in run.glob("checkpoint_*.pt")}
+    failed = run_cli("train", str(cfg), "-o", str(run), *common, "--resume", check=False)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: cannot resume") and "checkpoint_previous.pt" in last, last
+    assert {p.name: p.read_bytes() for p in run.glob("checkpoint_*.pt")} == before
+
+
+def test_entry_points_end_in_an_error_line_for_bad_input(phantom_data, tmp_path, capsys):
+    """Input-caused exceptions (malformed JSON, missing files, a truncated checkpoint) end in `error:` and
+    exit code 2 at every entry point, never a traceback."""
+    bad_json = tmp_path / "metrics.json"
+    bad_json.write_text("{not json")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes(b"PK\x03\x04" + b"\0" * 50)
+    cfg = write_config(tmp_path / "cfg.json", epochs=1, iterations_per_epoch=1)
+    cases = [
+        ["export", str(run), "-o", str(tmp_path / "pkg"), "--metrics", str(bad_json)],
+        ["export", str(run), "-o", str(tmp_path / "pkg"), "--card-extra", str(tmp_path / "missing.md")],
+        ["train", str(cfg), "--data", str(phantom_data), "-o", str(tmp_path / "r2"), "--device", "cpu",
+         "--init-from", str(torn)],
+        ["train", str(bad_json), "--data", str(phantom_data), "-o", str(tmp_path / "r3")],
+        ["plan", str(tmp_path / "nowhere")],
+    ]
+    from unetrpp_train import demo
+    from unetrpp_train.cli import main
+    from unetrpp_train.commands import export, train
+
+    calls = [lambda a=a: main(a) for a in cases]
+    calls += [lambda: export.main(cases[0][1:]), lambda: train.main(cases[3][1:]),
+              lambda: demo.main(["dataset", str(bad_json / "x")])]
+    for call in calls:
+        assert call() == 2
+        err = capsys.readouterr().err
+        assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("error:"), err[-2000:]
+
+
 def test_resume_with_another_recipe_is_refused(phantom_data, tmp_path):
     from unetrpp.errors import UnetrppError
     from unetrpp_train.config import TrainConfig
