@@ -15,8 +15,9 @@ class InputShapeError(ValueError):
 
 
 def _init_encoder_weights(module: nn.Module) -> None:
-    # Official encoder initialisation (network_architecture/*/model_components.py:43-50 @ dcba1c6): truncated
-    # normal (std 0.02) and zero bias for nn.Conv2d/nn.Linear only; the 3-D convolutions keep PyTorch's default.
+    # Official encoder initialisation (network_architecture/synapse/model_components.py:43-50 @ dcba1c6, likewise
+    # acdc/lung/tumor): truncated normal (std 0.02) and zero bias for nn.Conv2d/nn.Linear only; the 3-D
+    # convolutions keep PyTorch's default.
     if isinstance(module, (nn.Conv2d, nn.Linear)):
         nn.init.trunc_normal_(module.weight, std=0.02)
         if module.bias is not None:
