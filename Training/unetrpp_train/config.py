@@ -142,6 +142,11 @@ class TrainConfig:
     --fp32 defaults to True); `unetrpp-train train --amp` turns it on"""
     custom_split: bool = False
     """train a benchmark recipe on a split other than the official lists (splits/<dataset>.json)"""
+    conv_init: str = "official"
+    """official: the encoder's 3-D convolutions keep PyTorch's default initialisation, only its linear layers
+    get trunc_normal(0.02) (network_architecture/synapse/model_components.py:43-50); trunc_normal: the encoder's
+    Conv3d get trunc_normal(0.02) too (this project's behaviour before issue 10; reduced networks trained for a
+    few hundred steps, like the demo model and the tests' phantoms, learn markedly faster with it)"""
     num_workers: int = 4
     seed: int = 12345
     checkpoint_every: int = 50
@@ -203,6 +208,8 @@ class TrainConfig:
             fail("ds_weights", "must be non-negative, one per network output")
         if self.checkpoint_every < 1:
             fail("checkpoint_every", "must be >= 1 (epochs)")
+        if self.conv_init not in ("official", "trunc_normal"):
+            fail("conv_init", f"must be 'official' or 'trunc_normal', got {self.conv_init!r}")
 
     def config_hash(self) -> str:
         """SHA256 (first 16 hex digits) of the canonical JSON of the recipe."""

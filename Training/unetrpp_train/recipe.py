@@ -63,6 +63,8 @@ def resolve_recipe(cfg: TrainConfig) -> dict[str, Any]:
         "sampled_region": list(sampling_size(patch, cfg.augment)),
         "amp": cfg.amp,
         "batch_dice": cfg.batch_dice,
+        "initialisation": {"official": "official: encoder Linear trunc_normal(0.02), Conv3d PyTorch default",
+                           "trunc_normal": "encoder Linear and Conv3d trunc_normal(0.02) (not the official)"}[cfg.conv_init],
         "loss": {"dice": "soft Dice without background, " + ("over the whole batch" if cfg.batch_dice else
                                                              "per sample, averaged"),
                  "cross_entropy": True, "deep_supervision_weights": [round(w, 6) for w in cfg.ds_weights]},

@@ -145,6 +145,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+def encoder_conv_trunc_normal(network: torch.nn.Module) -> None:
+    """The `conv_init="trunc_normal"` option: the encoder's Conv3d weights trunc_normal(0.02), biases 0 (the
+    official code leaves them at PyTorch's default, see TrainConfig.conv_init)."""
+    for module in network.unetr_pp_encoder.modules():
+        if isinstance(module, torch.nn.Conv3d):
+            torch.nn.init.trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+
+
 class CheckpointError(TrainingError):
     """A checkpoint file that cannot be used (truncated, corrupt, not ours)."""
 
@@ -328,6 +338,8 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     # Same initial weights everywhere; then per-rank RNG streams (dropout).
     torch.manual_seed(cfg.seed)
     network = build_network(net_cfg, deep_supervision=True).to(dev)
+    if cfg.conv_init == "trunc_normal":
+        encoder_conv_trunc_normal(network)
     if init_from and checkpoint is None:
         network.load_state_dict(read_checkpoint(Path(init_from))["model"])
         log.info("initial weights from %s", init_from)
