@@ -158,10 +158,12 @@ def test_sampling_is_seeded_sharded_and_oversamples_foreground(phantom_data, tmp
 @pytest.fixture(scope="module")
 def trained_run(phantom_data, tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("learn")
-    cfg = write_config(root / "cfg.json", epochs=6, iterations_per_epoch=25, val_iterations=2)
+    # 300 steps: enough for the tiny network with the official augmentation (box Dice 0.85 at seed 8; 150 steps
+    # left it between 0.45 and 0.9 depending on the random stream)
+    cfg = write_config(root / "cfg.json", epochs=12, iterations_per_epoch=25, val_iterations=2, seed=8)
     run = root / "run"
     proc = run_cli("train", str(cfg), "--data", str(phantom_data), "-o", str(run), "--device", "cpu", timeout=600)
-    assert "epoch 6/6 it 25/25" in proc.stderr and "ETA" in proc.stderr
+    assert "epoch 12/12 it 25/25" in proc.stderr and "ETA" in proc.stderr
     return run
 
 
@@ -175,14 +177,14 @@ def exported(trained_run, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_run_folder_and_loss_decrease(trained_run):
     run = json.loads((trained_run / "run.json").read_text())
-    assert run["config"]["epochs"] == 6 and run["network"]["feature_size"] == 4 and run["world_size"] == 1
+    assert run["config"]["epochs"] == 12 and run["network"]["feature_size"] == 4 and run["world_size"] == 1
     history = [json.loads(line) for line in (trained_run / "metrics.jsonl").read_text().splitlines()]
-    assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert [h["epoch"] for h in history] == list(range(1, 13))
     assert history[-1]["loss"] < 0.6 * history[0]["loss"]
     assert history[-1]["lr"] < history[0]["lr"]  # poly decay
     assert "val_pseudo_dice" in history[-1]
     c = ckpt(trained_run)
-    assert c["next_step"] == 150 and c["epoch"] == 6 and c["config_hash"] == run["config_hash"]
+    assert c["next_step"] == 300 and c["epoch"] == 12 and c["config_hash"] == run["config_hash"]
     assert c["optimizer"]["param_groups"][0]["momentum"] == 0.99 and c["optimizer"]["param_groups"][0]["nesterov"]
 
 
@@ -193,7 +195,7 @@ def test_exported_package_loads_and_segments_held_out_case(exported, phantom_dat
 
     model = unetrpp.load(exported)
     m = model.manifest.data
-    assert m["provenance"]["source"] == "training" and m["provenance"]["epochs"] == 6
+    assert m["provenance"]["source"] == "training" and m["provenance"]["epochs"] == 12
     assert len(m["provenance"]["config_hash"]) == 16 and m["provenance"]["code_version"].startswith("unetrpp")
     assert m["weights"]["dtype"] == "float16" and [lab["name"] for lab in m["labels"]] == ["ellipsoid", "box"]
     assert m["inputs"][0]["normalization"]["scheme"] == "zscore"

@@ -145,8 +145,8 @@ class TrainConfig:
     conv_init: str = "official"
     """official: the encoder's 3-D convolutions keep PyTorch's default initialisation, only its linear layers
     get trunc_normal(0.02) (network_architecture/synapse/model_components.py:43-50); trunc_normal: the encoder's
-    Conv3d get trunc_normal(0.02) too (this project's behaviour before issue 10; reduced networks trained for a
-    few hundred steps, like the demo model and the tests' phantoms, learn markedly faster with it)"""
+    Conv3d get trunc_normal(0.02) too (this project's behaviour before issue 10, with which the demo model was
+    trained; the demo recipe and the tests' phantom runs keep it)"""
     num_workers: int = 4
     seed: int = 12345
     checkpoint_every: int = 50
