@@ -252,3 +252,37 @@ def test_serve_refuses_to_start_without_authentication(tmp_path):
                        (["--token-file", str(tmp_path / "missing.txt")], "cannot read the token file")):
         proc = subprocess.run([*CLI, "serve", "--port", "1", *args], env=ENV, capture_output=True, text=True, timeout=60)
         assert proc.returncode == 2 and text in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _worker_pids(server_pid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (stat.parent / "cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        if ppid == server_pid and b"spawn_main" in cmdline:
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_job_fails_that_job_and_is_replaced(tmp_path, tokens):
+    import os
+    import signal
+
+    srv = Server(tmp_path / "data", tokens[0])
+    try:
+        with httpx.Client(base_url=srv.url, headers=srv.headers(), timeout=60) as c:
+            job = submit(c, options={"fast": False, "overlap": 0.95}).json()["id"]
+            wait_state(c, job, ("running",))
+            (worker,) = _worker_pids(srv.proc.pid)
+            os.kill(worker, signal.SIGKILL)  # as the kernel's out-of-memory killer would
+            st = wait_state(c, job, ("failed", "done", "cancelled"), timeout=60)
+            assert st["state"] == "failed" and "stopped unexpectedly" in st["error"] and "-9" in st["error"]
+            after = submit(c).json()["id"]  # a new worker serves the next job
+            assert wait_state(c, after, ("done", "failed"))["state"] == "done"
+            assert _worker_pids(srv.proc.pid) != [worker]
+    finally:
+        srv.stop()
