@@ -93,7 +93,7 @@ def test_shipped_recipes_are_the_papers(name):
     assert r["patch_size"] == want["patch"] and (r["split"]["train"], r["split"]["test"]) == want["split"]
 
 
-def test_recipe_command_prints_the_resolved_acdc_recipe():
+def test_recipe_command_prints_the_resolved_acdc_recipe(capsys):
     proc = run_cli("recipe", "acdc", "--json", timeout=120)
     r = json.loads(proc.stdout)
     assert (r["batch_size"], r["amp"], r["batch_dice"]) == (4, False, False)
@@ -108,10 +108,14 @@ def test_recipe_command_prints_the_resolved_acdc_recipe():
     for transform in ("rotation", "scaling", "gaussian_noise", "gaussian_blur", "brightness_multiplicative",
                       "contrast", "low_resolution", "gamma_inverted", "gamma"):
         assert 0 < aug[transform]["probability"] <= 1
-    text = run_cli("recipe", "acdc", timeout=120).stdout
+    from unetrpp_train.cli import main
+
+    capsys.readouterr()
+    assert main(["recipe", "acdc"]) == 0
+    text = capsys.readouterr().out
     assert "batch_size: 4" in text and "batch_dice: False" in text
-    bad = run_cli("recipe", "nosuch", check=False, timeout=120)
-    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1].startswith("error:")
+    assert main(["recipe", "nosuch"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error:")
 
 
 def test_unknown_recipe_setting_is_refused(tmp_path):
