@@ -68,6 +68,7 @@ def test_network_input_equals_official(pipeline_dir, case):
     assert list(state.network_shape) == props["size_after_resampling"]
     assert [[s.start, s.stop] for s in state.crop_box] == props["crop_bbox"]
     assert x.shape == official.shape
+    print(f"{case}: network input max difference {float(np.abs(x - official).max()):.3g}")
     assert float(np.abs(x - official).max()) <= 1e-4
 
 
@@ -100,6 +101,7 @@ def test_segment_agrees_with_official(pipeline_dir, official_packages, tmp_path,
     expected = sitk.GetArrayFromImage(official_labels)
     agreement = float((labels == expected).mean())
     confidence_diff = float(np.abs(sitk.GetArrayFromImage(ours_conf) - sitk.GetArrayFromImage(official_conf)).max())
+    print(f"{case}: labels agree on {agreement:.6f} of {labels.size} voxels, max confidence difference {confidence_diff:.2e}")
     assert agreement >= 0.9995, f"{case}: labels agree on {agreement:.5f} of voxels"
     assert confidence_diff <= 1e-3, f"{case}: max confidence difference {confidence_diff:.2e}"
     # the labels are not trivial: several classes, as the official run found
