@@ -352,3 +352,28 @@ def test_separate_z_export_equals_every_class_resampled(ct, smooth):
     outside = np.ones(ct.array.shape, bool)
     outside[box] = False
     assert not labels.array[outside].any() and not confidence.array[outside].any()
+
+
+# unetrpp.resampling: the pinned scikit-image 0.18.1 behaviours -------------------------------------
+def test_resampling_pinned_skimage_behaviours(ct):
+    from unetrpp.resampling import nearest_indices, resample, resize_slices, skimage_resize
+
+    a = ct.array[:, 20:60, 30:70].astype(np.float64)  # (30, 40, 40)
+    # 2-D cubic convolution keeps constants and clips every slice to its own range
+    flat = np.full((3, 7, 9), 5.0)
+    np.testing.assert_array_equal(resize_slices(flat, (11, 4), 3, np.empty((3, 11, 4))), 5.0)
+    up = resize_slices(a, (97, 83), 3, np.empty((30, 97, 83)))
+    assert np.all(up.min(axis=(1, 2)) >= a.min(axis=(1, 2))) and np.all(up.max(axis=(1, 2)) <= a.max(axis=(1, 2)))
+    # a 3-D array whose last axis keeps its size takes 0.18.1's 2-D path (per slice along that
+    # axis, clipped to the whole array's range), not the 3-D B-spline
+    same_last = skimage_resize(a, (45, 50, 40), 3)
+    from unetrpp.resampling import _warp_stack  # the per-slice warp before clipping
+
+    per_slice = np.moveaxis(_warp_stack(np.moveaxis(a, 2, 0), (45, 50), 3), 0, 2)
+    np.testing.assert_array_equal(same_last, np.clip(per_slice, a.min(), a.max()))
+    spline = skimage_resize(a, (45, 50, 41), 3)
+    assert np.abs(spline[..., :40] - same_last).max() > 1.0
+    # separate z with nearest neighbour along z: resizing only the picked slices changes nothing
+    fast = resample(a, (12, 50, 61), 3, axis=0)
+    every = resize_slices(a, (50, 61), 3, np.empty((30, 50, 61), np.float32))
+    np.testing.assert_array_equal(fast, every[nearest_indices(30, 12)])
