@@ -45,8 +45,8 @@ over the pipeline's predict stage. Window counts differ slightly: MONAI places w
 interval, nnU-Net spreads them evenly.
 
 Goals (issues 4 and 14): peak RSS below 6 GB at 512x512x300; the non-network stages together at
-most 10 % of the total at every size; cost linear in volume size (the non-network time's growth exponent between
-successive sizes, log(t2/t1) / log(v2/v1), near 1).
+most 10 % of the total at every size; cost linear in volume size (the non-network time's growth
+exponent between successive sizes, log(t2/t1) / log(v2/v1), near 1).
 """
 
 from __future__ import annotations
@@ -432,32 +432,10 @@ def markdown(result: dict[str, Any], args: argparse.Namespace) -> str:
             "",
             f"SwinUNETR / UNETR++ time: {peer['ratio_to_unetrpp_predict']:.2f}×.",
         ]
-    if result.get("before"):
-        lines += ["", *comparison(result["before"], rows)]
     lines += ["", *verdicts(rows)]
     if result.get("notes"):
         lines += ["", result["notes"]]
     return "\n".join(lines) + "\n"
-
-
-def comparison(before: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
-    """Non-network time before/after a change: `before` is the JSON of a run of the earlier code in
-    the same session (`--before`), so both see the same machine and load."""
-    earlier = {tuple(r["volume"]["size_xyz"]): r for r in before["rows"]}
-    lines = [f"Before/after: {before.get('label', 'the earlier code')} measured just before, same machine "
-             f"(load average {', '.join(f'{x:.2f}' for x in before.get('load_average_before') or [])} before that run):",
-             "", "| input (x×y×z) | preprocess (s) | postprocess (s) | non-network (s) | non-network share | "
-             "non-network speed-up |", "|---|---|---|---|---|---|"]
-    for r in rows:
-        b = earlier.get(tuple(r["volume"]["size_xyz"]))
-        if b is None:
-            continue
-        tb, ta = b["timing_s"], r["timing_s"]
-        lines.append(f"| {size_text(r['volume']['size_xyz'])} | {tb['preprocess']:.2f} → {ta['preprocess']:.2f} | "
-                     f"{tb['postprocess']:.2f} → {ta['postprocess']:.2f} | {non_network_s(b):.2f} → {non_network_s(r):.2f} | "
-                     f"{100 * non_network_s(b) / tb['total']:.1f} % → {100 * non_network_s(r) / ta['total']:.1f} % | "
-                     f"{non_network_s(b) / non_network_s(r):.2f}× |")
-    return lines
 
 
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
@@ -515,11 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="folder for volumes, package and outputs (default: a temporary one)")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--markdown", type=Path, help=f"(re)write the '{SECTION}' section of this file")
-    p.add_argument("--before", type=Path, help="JSON of a run of earlier code (same machine, same session): "
-                   "adds a before/after table of the non-network stages")
-    p.add_argument("--before-label", default="the earlier code", help="what --before measured (e.g. a commit)")
-    p.add_argument("--render", type=Path, help="do not measure: write the report of an earlier run's --json file "
-                   "(with --before and --markdown)")
     p.add_argument("--one", help=argparse.SUPPRESS)  # child process: one volume, prints RESULT <json>
     args = p.parse_args(argv)
     args.peer = not args.no_peer
@@ -528,37 +501,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.one:
         print("RESULT " + json.dumps(run_one(args)), flush=True)
         return 0
-    if args.render:
-        return render(args)
     if not args.source.is_file():
         p.error(f"source CT {args.source} not found (set UNETRPP_SHARED or pass --source)")
     with tempfile.TemporaryDirectory(prefix="bench-segment-") as tmp_name:
         args.workdir = (args.workdir or Path(tmp_name)).resolve()
         args.workdir.mkdir(parents=True, exist_ok=True)
         return run_all(args)
-
-
-def render(args: argparse.Namespace) -> int:
-    """The report of a finished run (its --json), e.g. with a --before run added afterwards."""
-    result = json.loads(args.render.read_text())
-    settings = result["settings"]
-    args.sizes = [tuple(s) for s in settings["sizes"]]
-    args.fast, args.device = settings["fast"], settings["device"]
-    args.overlap = None
-    args.no_peer = not any("peer" in r for r in result["rows"])
-    return report(result, args)
-
-
-def report(result: dict[str, Any], args: argparse.Namespace) -> int:
-    if args.before:
-        result["before"] = dict(json.loads(args.before.read_text()), label=args.before_label)
-    text = markdown(result, args)
-    print(text)
-    if args.json and not args.render:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
-    if args.markdown:
-        write_section(args.markdown, SECTION, text)
-    return 0
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -615,7 +563,13 @@ def run_all(args: argparse.Namespace) -> int:
               "load_average_after": load_average(), "settings": {
                   "sizes": [list(s) for s in sizes], "overlap": overlap, "fast": args.fast, "device": args.device,
                   "output_format": args.output_format, "source": str(args.source)}, "rows": rows}
-    return report(result, args)
+    text = markdown(result, args)
+    print(text)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    if args.markdown:
+        write_section(args.markdown, SECTION, text)
+    return 0
 
 
 if __name__ == "__main__":
