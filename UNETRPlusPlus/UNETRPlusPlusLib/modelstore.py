@@ -94,6 +94,9 @@ def model_from_manifest(data: dict[str, Any], path: Path | None, installed: bool
 def _from_installed(models: list[catalogue.InstalledModel], bundled: bool = False) -> list[ModelInfo]:
     out = []
     for m in models:
+        if m.broken:  # `unetrpp models` lists it with the reason; the module offers only usable models
+            log.warning("skipping broken model package %s: %s", m.path, m.problem)
+            continue
         try:
             out.append(model_from_manifest(m.data, m.path, bundled=bundled))
         except (ValueError, KeyError, TypeError) as exc:
