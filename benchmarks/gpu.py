@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from network import OFFICIAL_NAME, machine, parity_error  # noqa: E402  (benchmarks/network.py)
+from network import machine, parity_error  # noqa: E402  (benchmarks/network.py)
 
 log = logging.getLogger("benchmarks.gpu")
 SHARED = Path(os.environ.get("UNETRPP_SHARED", Path(__file__).resolve().parents[2] / "shared"))

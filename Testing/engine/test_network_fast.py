@@ -182,3 +182,17 @@ def test_compile_option_keeps_the_contract_without_compiling():
         fast(torch.zeros(1, 1, 8, 8, 8, dtype=torch.float64))
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()
+
+
+def test_repeated_calls_leave_the_module_unchanged():
+    # A single token at the last stage with batch 1 once made a broadcast bias alias its buffer.
+    torch.manual_seed(0)
+    cfg = NetworkConfig(in_channels=1, out_channels=3, patch_size=(8, 8, 8), stem_kernel=(1, 1, 1), feature_size=4,
+                        depths=(1, 1, 1, 1), proj_sizes=(8, 8, 8, 4), decoder_proj_size=8, decoder_depth=1)
+    net = set_deterministic_weights(build_network(cfg).double()).eval()
+    x = torch.randn(1, 1, 8, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(x)
+    fast = optimize_for_inference(net)
+    for _ in range(3):
+        assert _rel(fast(x), ref) < 1e-12

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResBlock
+from .blocks import ResBlock, add_to_fresh
 
 
 class EPA(nn.Module):
@@ -115,4 +115,4 @@ class TransformerBlock(nn.Module):
         y = self.conv51(attn_skip)
         if self.conv_blocks == 2:
             y = self.conv52(y)
-        return attn_skip + self.conv8(y)
+        return add_to_fresh(self.conv8(y), attn_skip)

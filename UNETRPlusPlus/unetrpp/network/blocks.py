@@ -50,6 +50,15 @@ class ConvLayer(nn.Module):
         return self.conv(x)
 
 
+def add_to_fresh(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """`fresh + other`, in place on `fresh` (a new activation whose producer's backward does not
+    need it) when that gives the same dtype and shape: one activation less. Under autocast a
+    float16 `fresh` plus a float32 `other` is float32, so that case allocates, as `+` does."""
+    if fresh.dtype == torch.promote_types(fresh.dtype, other.dtype) and fresh.shape == other.shape:
+        return fresh.add_(other)
+    return fresh + other
+
+
 def make_norm(kind: Norm, channels: int) -> nn.Module:
     if kind == "instance":  # MONAI "instance": no affine parameters, no running statistics
         return nn.InstanceNorm3d(channels)
@@ -80,7 +89,8 @@ class ResBlock(nn.Module):
         out = self.norm2(self.conv2(out))
         if self.has_projection:
             residual = self.norm3(self.conv3(residual))
-        return self.lrelu(out + residual)
+        # In place on the norm's fresh output (its backward does not need it): one activation less.
+        return self.lrelu(add_to_fresh(out, residual))
 
 
 class OutBlock(nn.Module):

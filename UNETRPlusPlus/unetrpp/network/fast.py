@@ -1,37 +1,38 @@
-"""Inference-only fast path for UNETR++: the same function as the faithful network, computed with
-fewer, faster kernels.
+"""Inference-only fast path for UNETR++: the faithful module tree, transformed.
 
-`optimize_for_inference(network)` builds a `FastUNETRPP` that reads (never changes) the faithful
-network's weights and precomputes derived tensors. What it does, each measured in
+`optimize_for_inference(network)` deep-copies the faithful `UNETRPP` (the original is never
+changed) and applies transformations to that one tree; the blocks' `forward` methods, i.e. the
+architecture, are the faithful ones (network/model.py, attention.py, blocks.py), so an
+architectural change is made once. What the transformations do, each measured in
 benchmarks/network.py (numbers in docs/benchmarks.md):
 
-* channels-last activations: every activation is kept as (B, D, H, W, C). A transformer block's
-  token matrix (B, N, C) is then a view, not a copy, and oneDNN's 3D convolutions run faster on
-  this layout;
-* 3x3x3 convolutions on CPU go straight to oneDNN (`torch.mkldnn_convolution`): PyTorch's own
+* weights become constants: parameters turn into non-persistent buffers (no autograd; the
+  module's state_dict is empty: save the faithful network, never this one);
+* channels-last activations (`channels_last`): every activation is an NCDHW tensor with
+  channels-last-3d strides, so a transformer block's token matrix (B, N, C) is a view, not a
+  copy, and oneDNN's 3D convolutions run faster on this layout;
+* 3x3x3 convolutions on CPU straight to oneDNN (`mkldnn_conv`, `Conv3x3`): PyTorch's own
   heuristic sends batch-1 3D convolutions with small spatial extent (and every 1-channel input)
   to a slow native path;
-* eval-mode batch norm folded into the preceding convolution (the ResBlocks inside transformer
-  blocks); LayerNorm's affine folded into the qkvv projection; the layer scale gamma folded into
-  the output projections;
+* eval-mode batch norm folded into the preceding convolution (`fold_batchnorm`; the norm
+  becomes an identity);
 * 1x1x1 convolutions and the kernel == stride convolutions (stem, downsampling, all transposed
-  convolutions) as single matrix products plus one reshaping copy; the transposed convolution's
-  reshaping copy is fused with the skip addition;
-* EPA attention in token-major layout: q/k L2 normalisation and temperatures folded into small
-  matrices instead of normalising the (B, h, d, N) tensors, the channel-attention product folded
-  into `out_proj2`, the spatial-attention output written directly in the official (d, h, N)
-  order, residual additions done by the matrix products (addmm/baddbmm with beta = 1);
-* instance norm (full-resolution blocks) computed with matrix-vector reductions and in-place
-  updates.
+  convolutions) as single matrix products on the channels-last tokens (`matmul_convs`:
+  `PointwiseConv`, `PatchConv`, `PatchConvTranspose`); instance and group norm on channels-last
+  tensors (`InstanceNormCL` in place, with BLAS reductions; `GroupNormCL`); LeakyReLU in place;
+* EPA in token-major layout (`fused_attention`, `FusedEPA`): LayerNorm's affine folded into the
+  qkvv projection, q/k L2 normalisation and temperatures folded into small matrices instead of
+  normalising the (B, h, d, N) tensors, the channel-attention product folded into `out_proj2`,
+  the spatial-attention output written directly in the official (d, h, N) order.
 
-The result is an eval-only module: no autograd, dropout off, batch norm uses running statistics.
-Its state_dict is empty (all derived tensors are non-persistent buffers): save the faithful
-network, never this one. `FastOptions` switches each optimisation off, for the benchmark's
-per-optimisation gains and for the tests.
+The result is eval-only: no autograd, dropout off, batch norm with running statistics.
+`FastOptions` switches each transformation off, for the benchmark's per-optimisation gains and
+for the tests.
 """
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import logging
 from dataclasses import dataclass
@@ -42,22 +43,23 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import EPA, TransformerBlock
-from .blocks import ResBlock
-from .model import UNETRPP, UpBlock
+from .blocks import ConvLayer, OutBlock, ResBlock
+from .model import UNETRPP
 
 log = logging.getLogger(__name__)
 
 LEAKY_SLOPE = 0.01
+CL = torch.channels_last_3d
 
 
 @dataclass(frozen=True)
 class FastOptions:
-    """Which optimisations `FastUNETRPP` applies (all on by default)."""
+    """Which transformations `FastUNETRPP` applies (all on by default)."""
 
     mkldnn_conv: bool = True
     """CPU float32/bfloat16 3x3x3 convolutions through oneDNN, bypassing PyTorch's heuristic."""
     channels_last: bool = True
-    """3x3x3 convolutions on the channels-last activations (False: on an NCDHW copy)."""
+    """Activations in channels-last-3d memory format (False: contiguous NCDHW)."""
     fold_batchnorm: bool = True
     """Eval-mode batch norm folded into the preceding convolution."""
     matmul_convs: bool = True
@@ -69,7 +71,20 @@ class FastOptions:
 
 
 # ------------------------------------------------------------------------------------------------
-# Kernels on channels-last activations (B, D, H, W, C)
+# Kernels. Activations are NCDHW; `_tokens(x)` is the (B, D, H, W, C) view, contiguous when x is
+# channels-last; `_ncdhw(y)` turns a (B, D, H, W, C) result back into an NCDHW view.
+
+
+def _tokens(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 4, 1)
+
+
+def _ncdhw(y: torch.Tensor) -> torch.Tensor:
+    return y.permute(0, 4, 1, 2, 3)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.dim() == 5 and _tokens(x).is_contiguous()
 
 
 def _use_mkldnn(x: torch.Tensor, opts: FastOptions) -> bool:
@@ -92,12 +107,10 @@ def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
 
 
 def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, opts: FastOptions) -> torch.Tensor:
-    """3x3x3 convolution, stride 1, padding 1, of channels-last x (B, D, H, W, C); returns
-    channels-last (B, D, H, W, O), contiguous."""
-    xin = x.permute(0, 4, 1, 2, 3)  # NCDHW view with channels_last_3d strides
-    if not opts.channels_last:
-        xin = xin.contiguous()
-    elif xin.shape[1] == 1:
+    """3x3x3 convolution, stride 1, padding 1, of NCDHW x; returns NCDHW, channels-last when
+    `opts.channels_last` (contiguous otherwise)."""
+    xin = x.contiguous(memory_format=CL) if opts.channels_last else x.contiguous()
+    if opts.channels_last and xin.shape[1] == 1:
         # One input channel: both layouts coincide and oneDNN would pick NCDHW for the output
         # (then copied back); strides that say "channels-last" keep the output channels-last.
         B, _, D, H, W = xin.shape
@@ -114,7 +127,7 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op
         y = torch.mkldnn_convolution(xin, weight, bias, [1, 1, 1], [1, 1, 1], [1, 1, 1], 1)
     else:
         y = F.conv3d(xin, weight, bias, padding=1)
-    return y.permute(0, 2, 3, 4, 1).contiguous()
+    return y.contiguous(memory_format=CL) if opts.channels_last else y.contiguous()
 
 
 def _mm_tokens(x: torch.Tensor, weight_t: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -179,146 +192,163 @@ def patch_conv(x: torch.Tensor, weight_kio: torch.Tensor, kernel: Sequence[int])
     return y
 
 
-def transposed_patch_conv_add_(skip: torch.Tensor, x: torch.Tensor, weight_iko: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
-    """skip += ConvTranspose3d(x) for kernel == stride (no bias), both channels-last; the
-    scatter of the matrix product's patches is fused with the addition. Returns skip."""
+def transposed_patch_conv(x: torch.Tensor, weight_iko: torch.Tensor, kernel: Sequence[int]) -> torch.Tensor:
+    """ConvTranspose3d for kernel == stride (no bias) of token-layout x (B, D, H, W, C): one
+    matrix product, then one scatter of its patches; returns (B, D*kd, H*kh, W*kw, O), contiguous."""
     B, D, H, W, _ = x.shape
     kd, kh, kw = kernel
-    O = skip.shape[-1]
+    O = weight_iko.shape[1] // (kd * kh * kw)
     y = _mm_tokens(x, weight_iko, None).view(B, D, H, W, kd, kh, kw, O)
-    skip.view(B, D, kd, H, kh, W, kw, O).add_(y.permute(0, 1, 4, 2, 5, 3, 6, 7))
-    return skip
+    return y.permute(0, 1, 4, 2, 5, 3, 6, 7).reshape(B, D * kd, H * kh, W * kw, O)
 
-
-def _fold_bn(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
-    dtype = conv.weight.dtype
-    w = conv.weight.detach().double()
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    b = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
-    if conv.bias is not None:
-        b = b + conv.bias.detach().double() * scale
-    return (w * scale.view(-1, 1, 1, 1, 1)).to(dtype), b.to(dtype)
-
-
-def _bn_affine(bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
-    shift = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
-    dtype = bn.weight.dtype
-    return scale.to(dtype), shift.to(dtype)
 
 
 # ------------------------------------------------------------------------------------------------
-# Blocks
+# Replacement modules: each computes what the faithful module it replaces computes.
 
 
-class FastResBlock(nn.Module):
-    def __init__(self, block: ResBlock, opts: FastOptions) -> None:
+def _const(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach().clone()
+
+
+class Conv3x3(nn.Module):
+    """Replaces a 3x3x3, stride 1, padding 1 `nn.Conv3d` (optionally with a folded batch norm)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, opts: FastOptions) -> None:
         super().__init__()
         self.opts = opts
-        self.instance = isinstance(block.norm1, nn.InstanceNorm3d)
-        self.has_projection = block.has_projection
-        memfmt = torch.channels_last_3d if opts.channels_last else torch.contiguous_format
-        pairs = [("1", block.conv1.conv, block.norm1), ("2", block.conv2.conv, block.norm2)]
-        for name, conv, norm in pairs:
-            if not self.instance and opts.fold_batchnorm:
-                w, b = _fold_bn(conv, norm)
-            else:
-                w, b = conv.weight.detach().clone(), None
-                if not self.instance:
-                    scale, shift = _bn_affine(norm)
-                    self.register_buffer(f"s{name}", scale, persistent=False)
-                    self.register_buffer(f"t{name}", shift, persistent=False)
-            self.register_buffer(f"w{name}", w.contiguous(memory_format=memfmt), persistent=False)
-            self.register_buffer(f"b{name}", b, persistent=False)
-        if self.has_projection:  # 1x1x1 conv + norm3
-            w3 = block.conv3.conv.weight.detach()
-            if self.instance:
-                self.register_buffer("w3t", w3.flatten(1).t().contiguous(), persistent=False)
-                self.register_buffer("b3", None, persistent=False)
-            else:
-                w, b = _fold_bn(block.conv3.conv, block.norm3)
-                self.register_buffer("w3t", w.flatten(1).t().contiguous(), persistent=False)
-                self.register_buffer("b3", b, persistent=False)
-
-    def _norm(self, y: torch.Tensor, name: str, leaky: bool) -> torch.Tensor:
-        if self.instance:
-            return instance_norm_(y, leaky=leaky)
-        if not self.opts.fold_batchnorm:
-            y.mul_(getattr(self, f"s{name}")).add_(getattr(self, f"t{name}"))
-        if leaky:
-            F.leaky_relu_(y, LEAKY_SLOPE)
-        return y
+        memfmt = CL if opts.channels_last else torch.contiguous_format
+        self.register_buffer("weight", weight.detach().contiguous(memory_format=memfmt), persistent=False)
+        self.register_buffer("bias", _const(bias), persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._norm(conv3x3(x, self.w1, self.b1, self.opts), "1", leaky=True)
-        y = self._norm(conv3x3(y, self.w2, self.b2, self.opts), "2", leaky=False)
-        if self.has_projection:
-            if x.shape[-1] == 1 and self.opts.matmul_convs:  # outer product: a broadcast multiply
-                r = x * self.w3t.to(x.dtype).view(-1)
-                r = r if self.b3 is None else r.add_(self.b3.to(x.dtype))
-            else:
-                r = _mm_tokens(x, self.w3t, self.b3)
-            if self.instance:
-                r = instance_norm_(r)
-            y = y.add_(r)
-        else:
-            y = y.add_(x)
-        return F.leaky_relu_(y, LEAKY_SLOPE)
+        return conv3x3(x, self.weight, self.bias, self.opts)
 
 
-class FastEPA(nn.Module):
-    """EPA on token-major qkvv (B, N, 4C) with channel slots reordered to (v_ca, q, k, v_sa), so
-    that (q, k) and (k, v_sa) are adjacent column blocks. Returns `tokens + gamma * EPA(...)`."""
+class PointwiseConv(nn.Module):
+    """Replaces a 1x1x1 `nn.Conv3d`: one matrix product on the tokens. `contiguous_output`
+    (segmentation heads) returns a contiguous NCDHW tensor, as the faithful head does."""
 
-    def __init__(self, blk: TransformerBlock) -> None:
+    def __init__(self, conv: nn.Conv3d, contiguous_output: bool = False) -> None:
         super().__init__()
-        epa: EPA = blk.epa_block
-        C = blk.norm.normalized_shape[0]
-        dtype = blk.gamma.dtype
+        w = conv.weight.detach().flatten(1)  # (O, I)
+        self.contiguous_output = contiguous_output
+        self.register_buffer("w", w.clone(), persistent=False)
+        self.register_buffer("w_t", w.t().contiguous(), persistent=False)
+        self.register_buffer("b", _const(conv.bias), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, C, D, H, W = x.shape
+        if self.contiguous_output:  # (O, C) @ (C, N) per batch item, written NCDHW
+            w, b = self.w, self.b
+            if _autocast_dtype(x) is None:
+                w, b = w.to(x.dtype), None if b is None else b.to(x.dtype)
+            t = _tokens(x).reshape(B, -1, C).transpose(1, 2)
+            y = torch.bmm(w.expand(B, -1, -1), t) if b is None else torch.baddbmm(b.view(1, -1, 1), w.expand(B, -1, -1), t)
+            return y.view(B, -1, D, H, W)
+        if C == 1:  # outer product: a broadcast multiply
+            y = _tokens(x) * self.w_t.to(x.dtype).view(-1)
+            return _ncdhw(y if self.b is None else y.add_(self.b.to(x.dtype)))
+        return _ncdhw(_mm_tokens(_tokens(x), self.w_t, self.b))
+
+
+class PatchConv(nn.Module):
+    """Replaces a kernel == stride `nn.Conv3d` without bias (stem, downsampling)."""
+
+    def __init__(self, conv: nn.Conv3d) -> None:
+        super().__init__()
+        self.kernel = tuple(conv.kernel_size)
+        self.register_buffer("w_kio", _patch_weight(conv), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ncdhw(patch_conv(_tokens(x), self.w_kio, self.kernel))
+
+
+class PatchConvTranspose(nn.Module):
+    """Replaces a kernel == stride `nn.ConvTranspose3d` without bias (all upsamplings)."""
+
+    def __init__(self, conv: nn.ConvTranspose3d) -> None:
+        super().__init__()
+        self.kernel = tuple(conv.kernel_size)
+        w = conv.weight.detach()  # (I, O, kd, kh, kw)
+        self.register_buffer("w_iko", w.permute(0, 2, 3, 4, 1).reshape(w.shape[0], -1).contiguous(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ncdhw(transposed_patch_conv(_tokens(x), self.w_iko, self.kernel))
+
+
+class InstanceNormCL(nn.Module):
+    """Replaces MONAI-style `nn.InstanceNorm3d` (no affine): in place on a channels-last tensor."""
+
+    def __init__(self, norm: nn.InstanceNorm3d) -> None:
+        super().__init__()
+        self.eps = norm.eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _is_channels_last(x):
+            return F.instance_norm(x, eps=self.eps)
+        instance_norm_(_tokens(x), self.eps)
+        return x
+
+
+class GroupNormCL(nn.Module):
+    """Replaces `nn.GroupNorm` on channels-last activations."""
+
+    def __init__(self, gn: nn.GroupNorm) -> None:
+        super().__init__()
+        self.groups, self.eps = gn.num_groups, gn.eps
+        self.register_buffer("weight", gn.weight.detach().clone(), persistent=False)
+        self.register_buffer("bias", gn.bias.detach().clone(), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _ncdhw(group_norm(_tokens(x), self.groups, self.weight, self.bias, self.eps))
+
+
+class FusedEPA(nn.Module):
+    """Replaces `EPA` (and the affine of the LayerNorm before it, which becomes affine-free) with
+    a token-major computation; qkvv channel slots reordered to (v_ca, q, k, v_sa), so that (q, k)
+    and (k, v_sa) are adjacent column blocks."""
+
+    def __init__(self, epa: EPA, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        C = norm.normalized_shape[0]
+        dtype = epa.qkvv.weight.dtype
         h = epa.num_heads
-        self.h, self.C, self.eps_ln = h, C, blk.norm.eps
+        self.h, self.C = h, C
         self.shared_ef = epa.shared_ef
         self.tied = (not epa.shared_ef) and epa.E is epa.F
-        # qkvv with LayerNorm's affine folded in, slots reordered to (v_ca, q, k, v_sa).
         wq = epa.qkvv.weight.detach().double().view(4, C, C)  # slots q, k, v_ca, v_sa
         wq = wq[[2, 0, 1, 3]].reshape(4 * C, C)
-        ln_w, ln_b = blk.norm.weight.detach().double(), blk.norm.bias.detach().double()
+        ln_w, ln_b = norm.weight.detach().double(), norm.bias.detach().double()
         self.register_buffer("wqkvv_t", (wq * ln_w).t().contiguous().to(dtype), persistent=False)
         self.register_buffer("bqkvv", (wq @ ln_b).to(dtype), persistent=False)
         self.register_buffer("temperature", epa.temperature.detach().reshape(h, 1, 1).clone(), persistent=False)
         self.register_buffer("temperature2", epa.temperature2.detach().reshape(h).clone(), persistent=False)
-        gamma = blk.gamma.detach().double()
         if epa.shared_ef:
-            ef = epa.EF.detach()
-            self.register_buffer("e_t", ef.contiguous(), persistent=False)  # (N, P)
+            self.register_buffer("e_t", epa.EF.detach().contiguous(), persistent=False)  # (N, P)
             self.register_buffer("e_b", None, persistent=False)
-            self.register_buffer("gamma", gamma.to(dtype), persistent=False)
         else:
             self.register_buffer("e_t", epa.E.weight.detach().t().contiguous(), persistent=False)
             self.register_buffer("e_b", epa.E.bias.detach().clone(), persistent=False)
             if not self.tied:
                 self.register_buffer("f_t", epa.F.weight.detach().t().contiguous(), persistent=False)
                 self.register_buffer("f_b", epa.F.bias.detach().clone(), persistent=False)
-            g1, g2 = gamma[: C // 2], gamma[C // 2 :]
-            w1 = epa.out_proj.weight.detach().double()
-            w2 = epa.out_proj2.weight.detach().double()
-            self.register_buffer("w1_t", (w1.t() * g1).contiguous().to(dtype), persistent=False)
-            self.register_buffer("w2_t", (w2.t() * g2).contiguous().to(dtype), persistent=False)
-            bias = torch.cat([epa.out_proj.bias.detach().double() * g1, epa.out_proj2.bias.detach().double() * g2])
-            self.register_buffer("bias_out", bias.to(dtype), persistent=False)
+            self.register_buffer("w1_t", epa.out_proj.weight.detach().t().contiguous(), persistent=False)
+            self.register_buffer("w2_t", epa.out_proj2.weight.detach().t().contiguous(), persistent=False)
+            bias = torch.cat([epa.out_proj.bias.detach(), epa.out_proj2.bias.detach()])
+            self.register_buffer("bias_out", bias, persistent=False)
 
-    def forward(self, t: torch.Tensor) -> torch.Tensor:
-        """t: tokens + pos_embed, (B, N, C) contiguous. Returns t + gamma * EPA(LayerNorm(t))."""
-        B, N, C = t.shape
+    def forward(self, u: torch.Tensor) -> torch.Tensor:
+        """u: LayerNorm(tokens) without affine, (B, N, C). Returns EPA(LayerNorm(tokens)), (B, N, C)."""
+        B, N, C = u.shape
         h, d = self.h, C // self.h
-        u = F.layer_norm(t, (C,), None, None, self.eps_ln)
         x = _mm_tokens(u, self.wqkvv_t, self.bqkvv)  # (B, N, 4C): v_ca, q, k, v_sa
         dt = x.dtype  # the matmul dtype (lower under autocast)
         acc = torch.promote_types(dt, torch.float32)  # small matrices and statistics
         v_ca, qk, q, k, kv, v_sa = (
             x[..., :C], x[..., C : 3 * C], x[..., C : 2 * C], x[..., 2 * C : 3 * C], x[..., 2 * C :], x[..., 3 * C :]
         )
-        with torch.autocast(t.device.type, enabled=False):
+        with torch.autocast(u.device.type, enabled=False):
             # Gram of (q, k) over tokens: q.k^T blocks and the L2 norms along N (F.normalize).
             qk_acc = qk.to(acc)
             gram = torch.bmm(qk_acc.transpose(1, 2), qk_acc)  # (B, 2C, 2C)
@@ -340,7 +370,7 @@ class FastEPA(nn.Module):
         logits_ca = qk_blocks / (qn.view(B, h, d, 1) * kn.view(B, h, 1, d)) * self.temperature.to(acc)
         attn_ca = logits_ca.softmax(dim=-1)
         # x_ca = v_ca @ blockdiag(attn_ca)^T with a (B, C, C) block-diagonal matrix.
-        bd = torch.zeros(B, h, d, h, d, dtype=acc, device=t.device)
+        bd = torch.zeros(B, h, d, h, d, dtype=acc, device=u.device)
         torch.diagonal(bd, dim1=1, dim2=3).copy_(attn_ca.permute(0, 2, 3, 1))
         bd_t = bd.reshape(B, C, C).transpose(1, 2)
 
@@ -353,108 +383,99 @@ class FastEPA(nn.Module):
         z = torch.matmul(v_proj.to(dt).view(B, h, d, P), attn_sa.transpose(-1, -2).to(dt))  # (B, h, d, N)
         x_sa = z.permute(0, 2, 1, 3).contiguous().view(B, N, C)
 
-        od = t.dtype
-        if self.shared_ef:  # t + gamma * (x_sa + v_ca @ bd^T)
-            out = torch.addcmul(t, x_sa.to(od), self.gamma.to(od))
-            return out.baddbmm_(v_ca.to(od), (bd_t * self.gamma.to(acc)).to(od))
-        # t + gamma * cat(out_proj(x_sa), out_proj2(x_ca)), x_ca folded into out_proj2.
-        out = t + self.bias_out.to(od)
+        od = u.dtype
+        if self.shared_ef:  # x_sa + v_ca @ bd^T
+            return torch.baddbmm(x_sa.to(od), v_ca.to(od), bd_t.to(od))
+        # cat(out_proj(x_sa), out_proj2(x_ca)), x_ca = v_ca @ bd^T folded into out_proj2.
+        out = torch.empty((B, N, C), dtype=od, device=u.device)
+        out.copy_(self.bias_out)  # a fresh tensor (an expanded view could alias the buffer)
         out[..., : C // 2].baddbmm_(x_sa.to(od), self.w1_t.to(od).expand(B, -1, -1))
         m2 = torch.matmul(bd_t, self.w2_t.to(acc)).to(od)  # (B, C, C/2)
         out[..., C // 2 :].baddbmm_(v_ca.to(od), m2)
         return out
 
 
-class FastTransformerBlock(nn.Module):
-    def __init__(self, blk: TransformerBlock, opts: FastOptions) -> None:
-        super().__init__()
-        self.opts = opts
-        self.register_buffer("pos_embed", blk.pos_embed.detach().clone(), persistent=False)
-        if opts.fused_attention:
-            self.epa = FastEPA(blk)
+# ------------------------------------------------------------------------------------------------
+# Transformations of the module tree
+
+
+def _freeze(tree: nn.Module) -> None:
+    """Parameters become constant, non-persistent buffers (tied ones stay tied)."""
+    for module in tree.modules():
+        for name, param in list(module._parameters.items()):
+            del module._parameters[name]
+            module.register_buffer(name, None if param is None else param.detach(), persistent=False)
+        module._non_persistent_buffers_set.update(module._buffers)
+
+
+def _fold_bn(conv: nn.Conv3d, bn: nn.BatchNorm3d) -> tuple[torch.Tensor, torch.Tensor]:
+    dtype = conv.weight.dtype
+    w = conv.weight.detach().double()
+    scale = bn.weight.detach().double() / torch.sqrt(bn.running_var.detach().double() + bn.eps)
+    b = bn.bias.detach().double() - bn.running_mean.detach().double() * scale
+    if conv.bias is not None:
+        b = b + conv.bias.detach().double() * scale
+    return (w * scale.view(-1, 1, 1, 1, 1)).to(dtype), b.to(dtype)
+
+
+def _transform_resblock(block: ResBlock, opts: FastOptions) -> None:
+    block.lrelu = nn.LeakyReLU(LEAKY_SLOPE, inplace=True)  # every input of it is a fresh tensor
+    for conv_name, norm_name in (("conv1", "norm1"), ("conv2", "norm2")):
+        layer: ConvLayer = getattr(block, conv_name)
+        norm = getattr(block, norm_name)
+        if isinstance(norm, nn.BatchNorm3d) and opts.fold_batchnorm:
+            w, b = _fold_bn(layer.conv, norm)
+            setattr(block, norm_name, nn.Identity())
         else:
-            self.epa_ref = blk.epa_block
-            self.norm = blk.norm
-            self.register_buffer("gamma", blk.gamma.detach().clone(), persistent=False)
-        self.convs = nn.ModuleList([FastResBlock(blk.conv51, opts)])
-        if blk.conv_blocks == 2:
-            self.convs.append(FastResBlock(blk.conv52, opts))
-        conv8 = blk.conv8[1]
-        self.register_buffer("w8_t", conv8.weight.detach().flatten(1).t().contiguous(), persistent=False)
-        self.register_buffer("b8", conv8.bias.detach().clone(), persistent=False)
-        self.register_buffer("w8", conv8.weight.detach().clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, D, H, W, C = x.shape
-        t = x.view(B, D * H * W, C) + self.pos_embed
-        if self.opts.fused_attention:
-            attn = self.epa(t)
-        else:
-            attn = t + self.gamma * self.epa_ref(self.norm(t))
-        attn = attn.view(B, D, H, W, C)
-        y = attn
-        for block in self.convs:
-            y = block(y)
-        if self.opts.matmul_convs:
-            out = torch.addmm(attn.view(-1, C), y.view(-1, C), self.w8_t.to(y.dtype) if _autocast_dtype(y) is None else self.w8_t)
-            return out.add_(self.b8).view(B, D, H, W, C)
-        y8 = F.conv3d(y.permute(0, 4, 1, 2, 3), self.w8, self.b8).permute(0, 2, 3, 4, 1)
-        return attn + y8
+            w, b = layer.conv.weight, None
+        layer.conv = Conv3x3(w, b, opts)
+    if block.has_projection:
+        layer, norm = block.conv3, block.norm3
+        if isinstance(norm, nn.BatchNorm3d) and opts.fold_batchnorm:
+            w, b = _fold_bn(layer.conv, norm)
+            conv = nn.Conv3d(w.shape[1], w.shape[0], 1).to(w)
+            conv.weight.data, conv.bias.data = w, b
+            layer.conv, block.norm3 = conv, nn.Identity()
+        if opts.matmul_convs:
+            layer.conv = PointwiseConv(layer.conv)
+    for norm_name in ("norm1", "norm2", "norm3"):
+        norm = getattr(block, norm_name, None)
+        if isinstance(norm, nn.InstanceNorm3d) and not norm.affine and not norm.track_running_stats:
+            setattr(block, norm_name, InstanceNormCL(norm))
 
 
-class FastDown(nn.Module):
-    """Stem / downsampling: kernel == stride conv, then GroupNorm."""
-
-    def __init__(self, seq: nn.Sequential, opts: FastOptions) -> None:
-        super().__init__()
-        self.opts = opts
-        conv: nn.Conv3d = seq[0].conv
-        gn: nn.GroupNorm = seq[1]
-        self.kernel = tuple(conv.kernel_size)
-        self.register_buffer("w_kio", _patch_weight(conv), persistent=False)
-        self.register_buffer("w", conv.weight.detach().clone(), persistent=False)
-        self.groups, self.eps = gn.num_groups, gn.eps
-        self.register_buffer("gn_w", gn.weight.detach().clone(), persistent=False)
-        self.register_buffer("gn_b", gn.bias.detach().clone(), persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.opts.matmul_convs:
-            y = patch_conv(x, self.w_kio, self.kernel)
-        else:
-            y = F.conv3d(x.permute(0, 4, 1, 2, 3), self.w, stride=self.kernel).permute(0, 2, 3, 4, 1)
-        return group_norm(y, self.groups, self.gn_w, self.gn_b, self.eps)
-
-
-class FastUp(nn.Module):
-    def __init__(self, up: UpBlock, opts: FastOptions) -> None:
-        super().__init__()
-        self.opts = opts
-        conv: nn.ConvTranspose3d = up.transp_conv.conv
-        self.kernel = tuple(conv.kernel_size)
-        if tuple(conv.stride) != self.kernel or any(conv.padding):
+def _transform(tree: UNETRPP, opts: FastOptions) -> None:
+    """Apply the transformations that `opts` selects to `tree` (a copy of the faithful network)."""
+    for module in list(tree.modules()):
+        if isinstance(module, ResBlock):
+            _transform_resblock(module, opts)
+        elif isinstance(module, TransformerBlock):
+            if opts.fused_attention:
+                module.epa_block = FusedEPA(module.epa_block, module.norm)
+                module.norm = nn.LayerNorm(module.norm.normalized_shape, eps=module.norm.eps, elementwise_affine=False)
+            if opts.matmul_convs:
+                module.conv8[1] = PointwiseConv(module.conv8[1])
+    enc = tree.unetr_pp_encoder
+    for seq in enc.downsample_layers:  # kernel == stride conv, then GroupNorm
+        if opts.matmul_convs:
+            seq[0].conv = PatchConv(seq[0].conv)
+        if opts.channels_last:
+            seq[1] = GroupNormCL(seq[1])
+    for up in (tree.decoder5, tree.decoder4, tree.decoder3, tree.decoder2):
+        conv = up.transp_conv.conv
+        if tuple(conv.stride) != tuple(conv.kernel_size) or any(conv.padding):
             raise ValueError("fast path expects transposed convolutions with kernel == stride")
-        w = conv.weight.detach()  # (I, O, kd, kh, kw)
-        self.register_buffer("w_iko", w.permute(0, 2, 3, 4, 1).reshape(w.shape[0], -1).contiguous(), persistent=False)
-        self.register_buffer("w", w.clone(), persistent=False)
-        inner = up.decoder_block[0]
-        if isinstance(inner, ResBlock):
-            self.blocks = nn.ModuleList([FastResBlock(inner, opts)])
-        else:
-            self.blocks = nn.ModuleList(FastTransformerBlock(b, opts) for b in inner)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        if self.opts.matmul_convs:
-            y = transposed_patch_conv_add_(skip, x, self.w_iko, self.kernel)
-        else:
-            up = F.conv_transpose3d(x.permute(0, 4, 1, 2, 3), self.w, stride=self.kernel)
-            y = skip + up.permute(0, 2, 3, 4, 1)
-        for b in self.blocks:
-            y = b(y)
-        return y
+        if opts.matmul_convs:
+            up.transp_conv.conv = PatchConvTranspose(conv)
+    if opts.matmul_convs:
+        for head in (m for m in tree.modules() if isinstance(m, OutBlock)):
+            head.conv.conv = PointwiseConv(head.conv.conv, contiguous_output=True)
+    _freeze(tree)  # modules created above (e.g. a conv holding folded weights) hold constants too
 
 
 class FastUNETRPP(nn.Module):
-    """Eval-only UNETR++ computing the same function as `UNETRPP` (see the module docstring)."""
+    """Eval-only UNETR++: a transformed copy (`.network`) of a faithful `UNETRPP`, computing the
+    same function (see the module docstring)."""
 
     def __init__(self, network: UNETRPP, options: FastOptions | None = None) -> None:
         super().__init__()
@@ -462,20 +483,11 @@ class FastUNETRPP(nn.Module):
         self.opts = opts
         self.config = network.config
         self.deep_supervision = network.deep_supervision
-        enc = network.unetr_pp_encoder
-        self.down = nn.ModuleList(FastDown(d, opts) for d in enc.downsample_layers)
-        self.stages = nn.ModuleList(
-            nn.ModuleList(FastTransformerBlock(b, opts) for b in stage) for stage in enc.stages
-        )
-        self.encoder1 = FastResBlock(network.encoder1, opts)
-        self.decoders = nn.ModuleList(
-            FastUp(u, opts) for u in (network.decoder5, network.decoder4, network.decoder3, network.decoder2)
-        )
-        heads = [network.out1] + ([network.out2, network.out3] if network.deep_supervision else [])
-        for i, head in enumerate(heads, start=1):
-            conv = head.conv.conv
-            self.register_buffer(f"head{i}_w", conv.weight.detach().flatten(1).clone(), persistent=False)
-            self.register_buffer(f"head{i}_b", conv.bias.detach().clone(), persistent=False)
+        tree = copy.deepcopy(network)
+        _freeze(tree)
+        tree.eval()
+        _transform(tree, opts)
+        self.network = tree
         self.eval()
 
     def train(self, mode: bool = True) -> "FastUNETRPP":
@@ -483,49 +495,23 @@ class FastUNETRPP(nn.Module):
             raise RuntimeError("an optimized UNETR++ is for inference only; train the faithful network")
         return super().train(False)
 
-    def _head(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        """1x1x1 conv of channels-last x, returned as a contiguous NCDHW tensor."""
-        B, D, H, W, C = x.shape
-        w, b = getattr(self, f"head{i}_w"), getattr(self, f"head{i}_b")
-        if self.opts.matmul_convs:
-            if _autocast_dtype(x) is None:
-                w, b = w.to(x.dtype), b.to(x.dtype)
-            y = torch.baddbmm(b.view(1, -1, 1), w.expand(B, -1, -1), x.view(B, -1, C).transpose(1, 2))
-            return y.view(B, -1, D, H, W)
-        y = F.conv3d(x.permute(0, 4, 1, 2, 3), w.view(*w.shape, 1, 1, 1), b)
-        return y.contiguous()
-
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        UNETRPP.check_input(self, x)  # type: ignore[arg-type]
+        self.network.check_input(x)
         ctx = torch.inference_mode() if self.opts.inference_mode else torch.no_grad()
         with ctx:
-            xc = x.permute(0, 2, 3, 4, 1).contiguous()  # (B, D, H, W, C)
-            skips = []
-            h = xc
-            for down, stage in zip(self.down, self.stages):
-                h = down(h)
-                for blk in stage:
-                    h = blk(h)
-                skips.append(h)
-            full_res = self.encoder1(xc)
-            enc1, enc2, enc3, enc4 = skips
-            dec3 = self.decoders[0](enc4, enc3)
-            dec2 = self.decoders[1](dec3, enc2)
-            dec1 = self.decoders[2](dec2, enc1)
-            out = self.decoders[3](dec1, full_res)
-            if self.deep_supervision:
-                return [self._head(1, out), self._head(2, dec1), self._head(3, dec2)]
-            return self._head(1, out)
+            if self.opts.channels_last:
+                x = x.contiguous(memory_format=CL)
+            return self.network(x)
 
 
 def optimize_for_inference(network: nn.Module, *, compile: bool = False, options: FastOptions | None = None) -> nn.Module:
     """An eval-only module computing what `network` (a faithful `UNETRPP`) computes, faster.
 
-    The faithful network is left unchanged (its weights are read, not moved). The result lives on
-    the network's device and dtype; it works on CPU and CUDA, under autocast too. `compile=True`
-    additionally wraps it in `torch.compile` when that is available (it falls back to the eager
-    module, with a warning, when compilation cannot be set up); the first calls are then slow.
-    Anything that is not a `UNETRPP` is returned unchanged (in eval mode), with a warning.
+    The faithful network is left unchanged (it is copied, then the copy is transformed). The
+    result lives on the network's device and dtype; it works on CPU and CUDA, under autocast too.
+    `compile=True` additionally wraps it in `torch.compile` when that is available (it falls back
+    to the eager module, with a warning, when compilation cannot be set up); the first calls are
+    then slow. Anything that is not a `UNETRPP` is returned unchanged (in eval mode), with a warning.
     """
     if not isinstance(network, UNETRPP):
         log.warning("optimize_for_inference: %s is not a UNETRPP; returned unchanged", type(network).__name__)
@@ -556,7 +542,7 @@ class _CompiledOrEager(nn.Module):
         return super().train(False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | list[torch.Tensor]:
-        UNETRPP.check_input(self.fast, x)  # type: ignore[arg-type]  # a user error is no compile failure
+        self.fast.network.check_input(x)  # a user error is no compile failure
         if self._compiled is not None:
             try:
                 return self._compiled(x)

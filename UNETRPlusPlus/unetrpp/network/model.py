@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .attention import TransformerBlock
-from .blocks import ConvLayer, OutBlock, ResBlock
+from .blocks import ConvLayer, OutBlock, ResBlock, add_to_fresh
 from .config import NetworkConfig
 
 
@@ -112,7 +112,7 @@ class UpBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.decoder_block[0](self.transp_conv(x) + skip)
+        return self.decoder_block[0](add_to_fresh(self.transp_conv(x), skip))
 
 
 class UNETRPP(nn.Module):
