@@ -306,6 +306,10 @@ def test_resume_from_a_checkpoint_cut_in_half_falls_back_to_the_previous_one(pha
     last = failed.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot resume") and "checkpoint_previous.pt" in last, last
     assert {p.name: p.read_bytes() for p in run.glob("checkpoint_*.pt")} == before
+    # exporting the damaged checkpoint: the same kind of error line
+    export = run_cli("export", str(run), "-o", str(tmp_path / "pkg"), "--checkpoint", "latest", check=False)
+    assert export.returncode == 2 and "Traceback" not in export.stderr
+    assert "checkpoint_latest.pt is unreadable" in export.stderr.strip().splitlines()[-1], export.stderr[-2000:]
 
 
 def test_entry_points_end_in_an_error_line_for_bad_input(phantom_data, tmp_path, capsys):

@@ -140,11 +140,6 @@ def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -
         tmp.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Checkpoints are read without unpickling arbitrary objects (weights_only)."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def encoder_conv_trunc_normal(network: torch.nn.Module) -> None:
     """The `conv_init="trunc_normal"` option: the encoder's Conv3d weights trunc_normal(0.02), biases 0 (the
     official code leaves them at PyTorch's default, see TrainConfig.conv_init)."""
@@ -159,14 +154,20 @@ class CheckpointError(TrainingError):
     """A checkpoint file that cannot be used (truncated, corrupt, not ours)."""
 
 
-def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A complete unetrpp-train checkpoint, or CheckpointError saying what is wrong with the file."""
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A checkpoint file, read without unpickling arbitrary objects (weights_only); a missing, truncated or
+    corrupt file is a CheckpointError naming it (not a torch traceback)."""
     try:
-        ckpt = load_checkpoint(path)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path} does not exist") from None
     except Exception as exc:  # torch raises RuntimeError, EOFError, UnpicklingError, zipfile errors ...
         raise CheckpointError(f"{path} is unreadable ({type(exc).__name__}: {str(exc)[:200]}), e.g. cut short") from exc
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A complete unetrpp-train checkpoint, or CheckpointError saying what is wrong with the file."""
+    ckpt = load_checkpoint(path)
     needed = ("model", "optimizer", "scheduler", "scaler", "next_step", "rng", "config_hash", "config")
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT or any(k not in ckpt for k in needed):
         raise CheckpointError(f"{path} is not a complete unetrpp-train checkpoint")
