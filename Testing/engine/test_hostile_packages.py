@@ -68,6 +68,7 @@ BAD_STRINGS = {
     "description with an escape": (("description",), "line\n\x1b]0;title\x07"),
     "provenance notes with a NUL": (("provenance", "notes"), "a\x00b"),
     "label value above 65535": (("labels", 0, "value"), 70000),
+    "orientation code with a trailing newline": (("plan", "orientation"), "LPS\n"),
 }
 
 
