@@ -185,9 +185,10 @@ class Kit:
     # parity
     def section_parity(self, store: dict) -> None:
         from unetrpp.network.deterministic import deterministic_input
-        from unetrpp.network.fast import optimize_for_inference
+        from unetrpp.network.fast import FastOptions, optimize_for_inference
 
-        modes = [("plain", "fp32"), ("fast", "fp32"), ("plain", "fp16"), ("fast", "fp16"), ("fast", "bf16")]
+        modes = [("plain", "fp32"), ("fast", "fp32"), ("plain", "fp16"), ("fast", "fp16"), ("fast", "bf16"),
+                 ("fast_sdpa", "fp16")]
         if self.device.type == "cuda":
             modes.insert(2, ("fast", "fp32-notf32"))
         for variant in self.args.variants:
@@ -201,9 +202,10 @@ class Kit:
                     expected = samples(ref_net(x.cpu().double()))
                 del ref_net
             fast = optimize_for_inference(net)
+            modules = {"plain": net, "fast": fast, "fast_sdpa": optimize_for_inference(net, options=FastOptions(sdpa=True))}
             rows = {}
             for kind, precision in modes:
-                module = net if kind == "plain" else fast
+                module = modules[kind]
                 amp = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
                 tf32 = torch.backends.cudnn.allow_tf32
                 torch.backends.cudnn.allow_tf32 = tf32 and precision != "fp32-notf32"
@@ -224,7 +226,7 @@ class Kit:
                 log.info("parity %s %s-%s: %.2e", variant, kind, precision, err)
                 del y
             store[variant] = rows
-            del net, fast
+            del net, fast, modules
 
     # pipeline
     def section_pipeline(self, store: dict) -> None:

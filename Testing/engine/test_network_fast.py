@@ -196,3 +196,12 @@ def test_repeated_calls_leave_the_module_unchanged():
     fast = optimize_for_inference(net)
     for _ in range(3):
         assert _rel(fast(x), ref) < 1e-12
+
+
+@pytest.mark.parametrize("kind", ["paired", "shared_ef"])
+def test_sdpa_option_is_exact_in_float64(kind):
+    net = _tiny_network(kind)
+    x = torch.randn(2, net.config.in_channels, *net.config.patch_size, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(x)
+    assert _rel(optimize_for_inference(net, options=FastOptions(sdpa=True))(x), ref) < 1e-12

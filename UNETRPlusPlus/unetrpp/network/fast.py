@@ -66,6 +66,10 @@ class FastOptions:
     """1x1x1 and kernel == stride (transposed) convolutions as matrix products."""
     fused_attention: bool = True
     """EPA with folded normalisations/temperatures/projections (False: the faithful EPA module)."""
+    sdpa: bool = False
+    """Spatial attention through torch's fused scaled_dot_product_attention (the (N, P) attention
+    matrix is never stored), when `fused_attention` is on. Off by default: 0.91x on the 2-core
+    development CPU (same process, synapse); benchmarks/gpu.py measures it on CUDA."""
     inference_mode: bool = False
     """Run under torch.inference_mode (outputs become inference tensors) instead of no_grad."""
 
@@ -309,8 +313,9 @@ class FusedEPA(nn.Module):
     a token-major computation; qkvv channel slots reordered to (v_ca, q, k, v_sa), so that (q, k)
     and (k, v_sa) are adjacent column blocks."""
 
-    def __init__(self, epa: EPA, norm: nn.LayerNorm) -> None:
+    def __init__(self, epa: EPA, norm: nn.LayerNorm, sdpa: bool = False) -> None:
         super().__init__()
+        self.sdpa = sdpa
         C = norm.normalized_shape[0]
         dtype = epa.qkvv.weight.dtype
         h = epa.num_heads
@@ -378,10 +383,16 @@ class FusedEPA(nn.Module):
         scale = self.temperature2.to(acc).repeat_interleave(d) / qn  # (B, C)
         kp = (k_proj.to(acc) * scale.unsqueeze(-1)).to(dt)
         qh = q.reshape(B, N, h, d).permute(0, 2, 1, 3)  # (B, h, N, d) view
-        attn_sa = torch.matmul(qh, kp.view(B, h, d, P)).softmax(dim=-1)  # (B, h, N, P)
-        # (attn_sa @ v_proj^T) in the official (d, h, N) memory order, read as (B, N, C).
-        z = torch.matmul(v_proj.to(dt).view(B, h, d, P), attn_sa.transpose(-1, -2).to(dt))  # (B, h, d, N)
-        x_sa = z.permute(0, 2, 1, 3).contiguous().view(B, N, C)
+        if self.sdpa:  # softmax(qh kp) v_proj^T without storing the (N, P) matrix: (B, h, N, d)
+            o = F.scaled_dot_product_attention(qh, kp.view(B, h, d, P).transpose(-1, -2),
+                                               v_proj.to(dt).view(B, h, d, P).transpose(-1, -2), scale=1.0)
+            # in the official (d, h, N) memory order, read as (B, N, C)
+            x_sa = o.permute(0, 3, 1, 2).contiguous().view(B, N, C)
+        else:
+            attn_sa = torch.matmul(qh, kp.view(B, h, d, P)).softmax(dim=-1)  # (B, h, N, P)
+            # (attn_sa @ v_proj^T) in the official (d, h, N) memory order, read as (B, N, C).
+            z = torch.matmul(v_proj.to(dt).view(B, h, d, P), attn_sa.transpose(-1, -2).to(dt))  # (B, h, d, N)
+            x_sa = z.permute(0, 2, 1, 3).contiguous().view(B, N, C)
 
         od = u.dtype
         if self.shared_ef:  # x_sa + v_ca @ bd^T
@@ -451,7 +462,7 @@ def _transform(tree: UNETRPP, opts: FastOptions) -> None:
             _transform_resblock(module, opts)
         elif isinstance(module, TransformerBlock):
             if opts.fused_attention:
-                module.epa_block = FusedEPA(module.epa_block, module.norm)
+                module.epa_block = FusedEPA(module.epa_block, module.norm, sdpa=opts.sdpa)
                 module.norm = nn.LayerNorm(module.norm.normalized_shape, eps=module.norm.eps, elementwise_affine=False)
             if opts.matmul_convs:
                 module.conv8[1] = PointwiseConv(module.conv8[1])
