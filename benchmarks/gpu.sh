@@ -37,6 +37,7 @@ if [ -z "${UNETRPP_SHARED:-}" ]; then
 fi
 export PYTHONUNBUFFERED=1
 if command -v nvidia-smi >/dev/null; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee "$OUTDIR/gpu_log.txt"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv >"$OUTDIR/gpu_log.txt" 2>&1 || true
+  cat "$OUTDIR/gpu_log.txt"
 fi
 "$PY" "$ROOT/benchmarks/gpu.py" --out "$OUTDIR/gpu_results.json" "$@" 2>&1 | tee -a "$OUTDIR/gpu_log.txt"
