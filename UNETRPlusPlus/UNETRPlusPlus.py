@@ -105,7 +105,8 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         ScriptedLoadableModuleWidget.setup(self)
         ui_widget = slicer.util.loadUI(self.resourcePath("UI/UNETRPlusPlus.ui"))
         self.layout.addWidget(ui_widget)
-        self.serverPanel = ServerPanel(self.layout)  # Process on: this computer / server (remote_panel.py)
+        # Process on: this computer / server (remote_panel.py); a server run also needs httpx
+        self.serverPanel = ServerPanel(self.layout, on_change=self.onProcessOnChanged)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.logic = UNETRPlusPlusLogic()
@@ -136,7 +137,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # node: only while the module is shown (enter/exit), as Slicer's module template does.
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
-        self.state.missing_dependencies = dependencies.missing_packages()
+        self.state.missing_dependencies = dependencies.missing_packages(remote=self.serverPanel.settings().remote)
         self.refreshModels()
 
     def cleanup(self):
@@ -444,8 +445,12 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.state.model_name = ""
         self.refreshModels()
 
+    def onProcessOnChanged(self):
+        self.state.missing_dependencies = dependencies.missing_packages(remote=self.serverPanel.settings().remote)
+        self.updateGUI()
+
     def onInstallDependencies(self):
-        missing = dependencies.missing_packages()
+        missing = dependencies.missing_packages(remote=self.serverPanel.settings().remote)
         plan = dependencies.plan_install(missing, dependencies.pytorchutils_available())
         if not missing:
             self.state.missing_dependencies = []
@@ -458,7 +463,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         with slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
             dependencies.install(missing, confirmed=True)
-        self.state.missing_dependencies = dependencies.missing_packages()
+        self.state.missing_dependencies = dependencies.missing_packages(remote=self.serverPanel.settings().remote)
         self.updateGUI()
 
 

@@ -79,7 +79,7 @@ def test_inference_runs_without_monai_and_needs_only_the_listed_packages(tmp_pat
 def test_ranges_match_pyproject():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     core = {d.split(">")[0].split("<")[0].split("=")[0].strip(): d.replace(" ", "") for d in project["dependencies"]}
-    for name, requirement in dependencies.REQUIREMENTS.items():
+    for name, requirement in dependencies.requirements(remote=True).items():
         assert core.get(name) == requirement, (name, core.get(name), requirement)
     assert "monai" not in core
     assert any(d.startswith("monai") for d in project["optional-dependencies"]["train"])
@@ -97,3 +97,12 @@ def test_an_installed_torch_outside_the_range_counts_as_missing():
     assert dependencies.missing_packages(found) == []
     plan = dependencies.plan_install(["torch"], have_pytorchutils=False)
     assert plan.pip_requirements == ["torch>=2.1,<2.15"]
+
+
+def test_processing_on_a_server_also_needs_httpx():
+    """The worker of a remote run imports httpx (unetrpp.client); a local run does not need it."""
+    without_httpx = lambda name: None if name == "httpx" else object()  # noqa: E731
+    assert dependencies.missing_packages(without_httpx) == []
+    assert dependencies.missing_packages(without_httpx, remote=True) == ["httpx"]
+    plan = dependencies.plan_install(["httpx"], have_pytorchutils=True)
+    assert plan.pip_requirements == ["httpx>=0.27,<1"]

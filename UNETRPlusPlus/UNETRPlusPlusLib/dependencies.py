@@ -33,19 +33,26 @@ REQUIREMENTS = {
     "tqdm": "tqdm>=4.60,<5",
     "slicerio": "slicerio>=1.1,<2",
 }
+# Remote runs ("Process on: a segmentation server", remote.py): the worker talks HTTP to the server.
+REMOTE_REQUIREMENTS = {"httpx": "httpx>=0.27,<1"}
 # Bundled with Slicer: never installed, upgraded or replaced by this module.
 PROTECTED = ("numpy", "SimpleITK", "vtk")
 
 
+def requirements(remote: bool = False) -> dict[str, str]:
+    """What the module needs: inference, plus the HTTP client when it processes on a server."""
+    return {**REQUIREMENTS, **(REMOTE_REQUIREMENTS if remote else {})}
+
+
 def version_problem(name: str, version: Callable[[str], str] = importlib.metadata.version) -> str:
-    """Why the installed `name` does not satisfy REQUIREMENTS[name] ('' when it does, or when its
+    """Why the installed `name` does not satisfy its requirement ('' when it does, or when its
     version cannot be read: then it is trusted)."""
     try:
         from packaging.requirements import Requirement  # noqa: PLC0415 - pip's own parser (in Slicer)
         from packaging.version import InvalidVersion, Version  # noqa: PLC0415
     except ImportError:
         return ""
-    requirement = Requirement(REQUIREMENTS[name])
+    requirement = Requirement(requirements(remote=True)[name])
     try:
         installed = version(requirement.name)
         if Version(installed) in requirement.specifier:
@@ -55,9 +62,9 @@ def version_problem(name: str, version: Callable[[str], str] = importlib.metadat
     return f"{requirement.name} {installed} is installed; UNETR++ needs {requirement.specifier}"
 
 
-def missing_packages(find_spec: Callable[[str], Any] = importlib.util.find_spec) -> list[str]:
+def missing_packages(find_spec: Callable[[str], Any] = importlib.util.find_spec, remote: bool = False) -> list[str]:
     """Packages to install: not importable, or installed in a version outside the range."""
-    return [name for name in REQUIREMENTS if find_spec(name) is None or version_problem(name)]
+    return [name for name in requirements(remote) if find_spec(name) is None or version_problem(name)]
 
 
 def describe_missing(missing: list[str]) -> str:
@@ -96,7 +103,7 @@ class InstallPlan:
 
 def plan_install(missing: list[str], have_pytorchutils: bool) -> InstallPlan:
     torch_utils = "torch" in missing and have_pytorchutils
-    reqs = [REQUIREMENTS[m] for m in missing if not (m == "torch" and torch_utils)]
+    reqs = [requirements(remote=True)[m] for m in missing if not (m == "torch" and torch_utils)]
     return InstallPlan(torch_utils, reqs)
 
 

@@ -69,9 +69,6 @@ class Parameters:
     def probabilities(self, value: bool) -> None:
         self.node.SetParameter("Probabilities", "true" if value else "false")
 
-    def input_node(self, name: str) -> Any:
-        return self.node.GetNodeReference(INPUT_ROLE + name)
-
     def set_input_node(self, name: str, node: Any | None) -> None:
         self.node.SetNodeReferenceID(INPUT_ROLE + name, node.GetID() if node is not None else None)
 

@@ -26,8 +26,6 @@ SETTINGS_PROCESS_ON = "UNETRPlusPlus/ProcessOn"  # "local" or "server"
 SETTINGS_URL = "UNETRPlusPlus/ServerURL"
 SETTINGS_TOKEN = "UNETRPlusPlus/ServerToken"
 TOKEN_ENV = "UNETRPP_SERVER_TOKEN"  # read by unetrpp.client
-#: What remote runs need in Slicer's Python besides the engine's inference packages.
-REQUIREMENTS = {"httpx": "httpx>=0.27,<1"}
 
 
 @dataclass(frozen=True)

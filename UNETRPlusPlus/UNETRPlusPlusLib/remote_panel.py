@@ -13,11 +13,12 @@ from .errors import ModuleError
 class ServerPanel:
     """A collapsible section added to `parent_layout`; `apply_to(logic)` before each run."""
 
-    def __init__(self, parent_layout: Any) -> None:
+    def __init__(self, parent_layout: Any, on_change: Any = None) -> None:
         import ctk
         import qt
 
         self._qt = qt
+        self._on_change = on_change  # the widget re-checks what remote runs need (httpx)
         box = ctk.ctkCollapsibleButton()
         box.text = "Process on"
         box.collapsed = True
@@ -70,6 +71,8 @@ class ServerPanel:
         remote.save_settings(self._qt.QSettings(), self.settings())
         self._enable()
         self.status.text = ""
+        if self._on_change is not None:
+            self._on_change()
 
     def _test(self, *args: Any) -> None:
         server = self.settings()

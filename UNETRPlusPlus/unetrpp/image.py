@@ -124,10 +124,6 @@ class Image:
 
 
 # Reading ----------------------------------------------------------------------------------
-def _name(path: Path) -> str:
-    return str(path)
-
-
 def _check_dimensions(img: sitk.Image, where: str) -> sitk.Image:
     if img.GetNumberOfComponentsPerPixel() != 1:
         raise InputImageError(
