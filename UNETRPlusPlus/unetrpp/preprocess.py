@@ -241,19 +241,19 @@ def _nonzero_box(channels: Sequence[np.ndarray]) -> Box:
 def plan_state(reference: Image, names: list[str], manifest: Manifest, roi=None) -> PreprocessState:
     """The geometric part of the plan for `reference` (without looking at intensities; the
     non-zero crop box is filled in by `preprocess`)."""
-    plan = manifest.plan
+    plan = manifest.preprocessing_plan  # typed, defaults from unetrpp.manifest.Plan
     roi_box = roi_to_box(reference, roi)
     placeholder = Image(np.zeros((0, 0, 0), np.uint8), reference.spacing, reference.origin, reference.direction,
                         meta={"shape": reference.array.shape})
-    orientation = plan.get("orientation")
+    orientation = plan.orientation
     return PreprocessState(
         reference=placeholder, input_names=names, roi_box=roi_box, orientation=orientation,
         original_orientation=_orientation_code(reference.direction) if orientation else None,
         oriented_shape=_box_shape(roi_box), crop_box=tuple(slice(0, n) for n in _box_shape(roi_box)),  # type: ignore[arg-type]
-        spacing_zyx=tuple(reference.spacing[::-1]), target_spacing=tuple(float(s) for s in plan["target_spacing"]),  # type: ignore[arg-type]
+        spacing_zyx=tuple(reference.spacing[::-1]), target_spacing=plan.target_spacing,
         network_shape=_box_shape(roi_box), separate_axis=None,
-        image_order=int(plan.get("image_order", 3)), label_order=int(plan.get("label_order", 1)),
-        separate_z_order=int(plan.get("separate_z_order", 0)),
+        image_order=int(plan.image_order), label_order=int(plan.label_order),
+        separate_z_order=int(plan.separate_z_order),
     )
 
 
@@ -278,7 +278,7 @@ MAX_NETWORK_VOXELS = 1 << 27
 
 
 def _finish_geometry(state: PreprocessState, manifest: Manifest) -> None:
-    plan = manifest.plan
+    plan = manifest.preprocessing_plan
     shape = np.asarray(_box_shape(state.crop_box), dtype=float)
     # official preprocessing.py:69: round(original spacing / target spacing * shape)
     new_shape = np.round(np.asarray(state.spacing_zyx) / np.asarray(state.target_spacing) * shape)
@@ -292,7 +292,7 @@ def _finish_geometry(state: PreprocessState, manifest: Manifest) -> None:
             "spacing in the image header, or restrict the work with a region of interest (--roi)"
         )
     state.network_shape = tuple(int(max(n, 1)) for n in new_shape)  # type: ignore[assignment]
-    state.separate_axis = separate_z_axis(state.spacing_zyx, state.target_spacing, float(plan.get("anisotropy_threshold", 3)))
+    state.separate_axis = separate_z_axis(state.spacing_zyx, state.target_spacing, float(plan.anisotropy_threshold))
 
 
 def forward_array(array: np.ndarray, state: PreprocessState, order: int | None = None) -> np.ndarray:
@@ -403,7 +403,7 @@ def preprocess(
         lab = _label_array(label, reference)[state.roi_box]
         lab = _orient([lab], state)[0] if state.orientation else lab
 
-    if manifest.plan.get("crop_to_nonzero", True):
+    if manifest.preprocessing_plan.crop_to_nonzero:
         state.crop_box = _nonzero_box(arrays)
     else:
         state.crop_box = tuple(slice(0, n) for n in arrays[0].shape)  # type: ignore[assignment]
