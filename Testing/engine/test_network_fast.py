@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from unetrpp.network import InputShapeError, NetworkConfig, build_network
+from unetrpp.network.blocks import ResidualAdd
 from unetrpp.network.deterministic import deterministic_input, set_deterministic_weights
 from unetrpp.network.fast import FastOptions, FastUNETRPP, optimize_for_inference
 
@@ -114,6 +115,24 @@ def test_faithful_network_is_left_unchanged():
     assert fast.state_dict() == {}  # derived tensors only: never save this module
     with pytest.raises(RuntimeError, match="inference only"):
         fast.train()
+
+
+def test_faithful_module_outputs_are_never_changed_in_place():
+    """Forward hooks see each module's true output (the parity intermediates, feature extraction):
+    the faithful network allocates its residual/skip sums; only the optimized copy adds in place."""
+    net = _tiny_network("paired")
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for name, module in net.named_modules():
+        if name.endswith(("transp_conv", "conv8", "norm2")):
+            module.register_forward_hook(lambda m, i, o, name=name: seen.__setitem__(name, (o, o.clone())))
+    with torch.no_grad():
+        net(torch.randn(1, *net.config.input_shape, dtype=torch.float64))
+    assert any(n.endswith("transp_conv") for n in seen) and any(n.endswith("conv8") for n in seen)
+    for name, (kept, at_hook_time) in seen.items():
+        assert torch.equal(kept, at_hook_time), name
+    fast = optimize_for_inference(net)
+    assert all(m.in_place for m in fast.modules() if isinstance(m, ResidualAdd))
+    assert not any(m.in_place for m in net.modules() if isinstance(m, ResidualAdd))
 
 
 def test_wrong_input_shape_names_the_expected_shape():

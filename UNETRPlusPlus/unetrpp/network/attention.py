@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ResBlock, add_to_fresh
+from .blocks import ResBlock, ResidualAdd
 
 
 class EPA(nn.Module):
@@ -106,6 +106,7 @@ class TransformerBlock(nn.Module):
             self.conv52 = ResBlock(hidden_size, hidden_size, norm="batch")
         self.conv_blocks = conv_blocks
         self.pos_embed = nn.Parameter(torch.zeros(1, tokens, hidden_size))
+        self.residual_add = ResidualAdd()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, C, D, H, W = x.shape
@@ -115,4 +116,4 @@ class TransformerBlock(nn.Module):
         y = self.conv51(attn_skip)
         if self.conv_blocks == 2:
             y = self.conv52(y)
-        return add_to_fresh(self.conv8(y), attn_skip)
+        return self.residual_add(self.conv8(y), attn_skip)

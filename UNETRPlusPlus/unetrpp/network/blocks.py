@@ -50,13 +50,19 @@ class ConvLayer(nn.Module):
         return self.conv(x)
 
 
-def add_to_fresh(fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
-    """`fresh + other`, in place on `fresh` (a new activation whose producer's backward does not
-    need it) when that gives the same dtype and shape: one activation less. Under autocast a
-    float16 `fresh` plus a float32 `other` is float32, so that case allocates, as `+` does."""
-    if fresh.dtype == torch.promote_types(fresh.dtype, other.dtype) and fresh.shape == other.shape:
-        return fresh.add_(other)
-    return fresh + other
+class ResidualAdd(nn.Module):
+    """`fresh + other`. The faithful network allocates the sum, so every module output stays as
+    computed (forward hooks, feature extraction and the parity intermediates see true values).
+    The inference copy (network/fast.py) sets `in_place`: the sum then reuses `fresh`, a new
+    activation nobody else holds there (one activation less) when dtype and shape allow; under
+    autocast a float16 `fresh` plus a float32 `other` is float32, so that case allocates."""
+
+    in_place: bool = False
+
+    def forward(self, fresh: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+        if self.in_place and fresh.dtype == torch.promote_types(fresh.dtype, other.dtype) and fresh.shape == other.shape:
+            return fresh.add_(other)
+        return fresh + other
 
 
 def make_norm(kind: Norm, channels: int) -> nn.Module:
@@ -76,6 +82,7 @@ class ResBlock(nn.Module):
         self.conv1 = ConvLayer(in_channels, out_channels, 3)
         self.conv2 = ConvLayer(out_channels, out_channels, 3)
         self.lrelu = nn.LeakyReLU(negative_slope=0.01)
+        self.residual_add = ResidualAdd()
         self.norm1 = make_norm(norm, out_channels)
         self.norm2 = make_norm(norm, out_channels)
         self.has_projection = in_channels != out_channels
@@ -89,8 +96,7 @@ class ResBlock(nn.Module):
         out = self.norm2(self.conv2(out))
         if self.has_projection:
             residual = self.norm3(self.conv3(residual))
-        # In place on the norm's fresh output (its backward does not need it): one activation less.
-        return self.lrelu(add_to_fresh(out, residual))
+        return self.lrelu(self.residual_add(out, residual))
 
 
 class OutBlock(nn.Module):

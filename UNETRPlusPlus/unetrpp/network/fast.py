@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import EPA, TransformerBlock
-from .blocks import ConvLayer, OutBlock, ResBlock
+from .blocks import ConvLayer, OutBlock, ResBlock, ResidualAdd
 from .model import UNETRPP
 
 log = logging.getLogger(__name__)
@@ -481,6 +481,8 @@ def _transform(tree: UNETRPP, opts: FastOptions) -> None:
     if opts.matmul_convs:
         for head in (m for m in tree.modules() if isinstance(m, OutBlock)):
             head.conv.conv = PointwiseConv(head.conv.conv, contiguous_output=True)
+    for add in (m for m in tree.modules() if isinstance(m, ResidualAdd)):
+        add.in_place = True  # sums reuse their fresh operand: nobody observes this copy's activations
     _freeze(tree)  # modules created above (e.g. a conv holding folded weights) hold constants too
 
 

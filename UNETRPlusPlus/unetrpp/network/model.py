@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from .attention import TransformerBlock
-from .blocks import ConvLayer, OutBlock, ResBlock, add_to_fresh
+from .blocks import ConvLayer, OutBlock, ResBlock, ResidualAdd
 from .config import NetworkConfig
 
 
@@ -89,6 +89,7 @@ class UpBlock(nn.Module):
     ) -> None:
         super().__init__()
         self.transp_conv = ConvLayer(in_channels, out_channels, upsample, upsample, transposed=True)
+        self.skip_add = ResidualAdd()
         self.decoder_block = nn.ModuleList()
         if tokens is None:
             self.decoder_block.append(ResBlock(out_channels, out_channels, norm="instance"))
@@ -112,7 +113,7 @@ class UpBlock(nn.Module):
             )
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        return self.decoder_block[0](add_to_fresh(self.transp_conv(x), skip))
+        return self.decoder_block[0](self.skip_add(self.transp_conv(x), skip))
 
 
 class UNETRPP(nn.Module):
