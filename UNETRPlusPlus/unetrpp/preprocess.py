@@ -35,7 +35,7 @@ from scipy import ndimage
 
 from .errors import InputImageError, ResourceLimitError
 from .image import Image
-from .manifest import InputSpec, Manifest
+from .manifest import InputSpec, Manifest, Plan
 from .resampling import argmax_of_resized_slices, nearest_indices, resample, resample_segmentation
 
 log = logging.getLogger(__name__)
@@ -241,7 +241,7 @@ def _nonzero_box(channels: Sequence[np.ndarray]) -> Box:
 def plan_state(reference: Image, names: list[str], manifest: Manifest, roi=None) -> PreprocessState:
     """The geometric part of the plan for `reference` (without looking at intensities; the
     non-zero crop box is filled in by `preprocess`)."""
-    plan = manifest.preprocessing_plan  # typed, defaults from unetrpp.manifest.Plan
+    plan = Plan.from_dict(manifest.plan)  # typed; every default from unetrpp.manifest.Plan
     roi_box = roi_to_box(reference, roi)
     placeholder = Image(np.zeros((0, 0, 0), np.uint8), reference.spacing, reference.origin, reference.direction,
                         meta={"shape": reference.array.shape})
@@ -278,7 +278,7 @@ MAX_NETWORK_VOXELS = 1 << 27
 
 
 def _finish_geometry(state: PreprocessState, manifest: Manifest) -> None:
-    plan = manifest.preprocessing_plan
+    plan = Plan.from_dict(manifest.plan)
     shape = np.asarray(_box_shape(state.crop_box), dtype=float)
     # official preprocessing.py:69: round(original spacing / target spacing * shape)
     new_shape = np.round(np.asarray(state.spacing_zyx) / np.asarray(state.target_spacing) * shape)
@@ -403,7 +403,7 @@ def preprocess(
         lab = _label_array(label, reference)[state.roi_box]
         lab = _orient([lab], state)[0] if state.orientation else lab
 
-    if manifest.preprocessing_plan.crop_to_nonzero:
+    if Plan.from_dict(manifest.plan).crop_to_nonzero:
         state.crop_box = _nonzero_box(arrays)
     else:
         state.crop_box = tuple(slice(0, n) for n in arrays[0].shape)  # type: ignore[assignment]
