@@ -3,10 +3,9 @@ with `add_parser(subparsers)` that registers it and sets `func`; modules are dis
 command needs no change here. Commands listed in ORDER come first in `--help`, any others follow
 alphabetically.
 
-Exit codes (as `unetrpp`): 0 ok; 1 no command given; 2 an error caused by the input (`UnetrppError`, and
-the errors unreadable, missing, malformed or hostile files raise: OSError, ValueError, EOFError,
-RecursionError, UnicodeError, zip and pickle errors), message on stderr as `error: ...` (the traceback
-only with -v); 130 interrupted.
+Exit codes: one policy with `unetrpp`, through `unetrpp.errors.classify`: 0 ok; 1 no command given, or an
+internal error (a bug); 2 an error of the input, model, output, environment or resource category; 3 quality;
+130 cancelled (Ctrl-C). The message goes to stderr as `error: ...` (the traceback with -v).
 """
 
 from __future__ import annotations
@@ -14,14 +13,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import pickle
 import pkgutil
 import sys
 import traceback
-import zipfile
 from typing import Callable
 
-from unetrpp.errors import UnetrppError
+from unetrpp.errors import CANCELLED, classify
 
 #: the workflow order shown by `unetrpp-train --help`
 ORDER = ["convert", "plan", "recipe", "train", "evaluate", "export"]
@@ -50,20 +47,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-#: exceptions that bad input (a missing, unreadable, truncated, malformed or hostile file) raises
-INPUT_ERRORS = (OSError, ValueError, EOFError, RecursionError, UnicodeError, zipfile.BadZipFile, pickle.UnpicklingError,
-                MemoryError)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, RecursionError):
-        return "the input is nested too deeply to read"
-    if isinstance(exc, MemoryError):
-        return "not enough memory for this input"
-    text = str(exc) or type(exc).__name__
-    return text if isinstance(exc, (OSError, ValueError)) else f"{type(exc).__name__}: {text}"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -78,20 +61,19 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def guarded(call: Callable[[], int | None], verbose: int = 0) -> int:
-    """Run one entry point: its exit code, or `error: ...` on stderr and 2 for an error the input caused."""
+    """Run one entry point: its exit code, or `error: ...` on stderr and the exit code of the error's
+    category. Exceptions are mapped only by `unetrpp.errors.classify`, the policy `unetrpp` uses."""
     try:
         return int(call() or 0)
-    except UnetrppError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except INPUT_ERRORS as exc:
+    except (Exception, KeyboardInterrupt) as exc:
+        found = classify(exc)
+        if found.category == CANCELLED:
+            print("cancelled", file=sys.stderr)
+            return found.exit_code
         if verbose:
             traceback.print_exc()
-        print(f"error: {_describe(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
+        print(f"error: {found.message}", file=sys.stderr)
+        return found.exit_code
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from unetrpp.atomic import staged_file, write_text
 from unetrpp.errors import UnetrppError
 
 from .augment import Augmenter, sampling_size
@@ -165,7 +166,12 @@ def read_plan(root: str | os.PathLike[str]) -> dict[str, Any]:
     file = Path(root) / "plan.json"
     if not file.is_file():
         raise DataError(f"{file} is missing: run `unetrpp-train plan {root}` first")
-    data = json.loads(file.read_text())
+    try:
+        data = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeError) as exc:
+        raise DataError(f"{file} is not valid JSON ({exc}); run `unetrpp-train plan {root}` again") from exc
+    if not isinstance(data, dict):
+        raise DataError(f"{file} must hold a JSON object; run `unetrpp-train plan {root}` again")
     if "plan" not in data and "target_spacing" in data:
         data = {"plan": {k: v for k, v in data.items() if k != "inputs"}, "inputs": data.get("inputs", [])}
     if "target_spacing" not in data.get("plan", {}):
@@ -243,14 +249,12 @@ def cache_dataset(info: DatasetInfo, plan: dict[str, Any], case_ids: Sequence[st
         log.info("preprocessing case %s (%d/%d)", case_id, n + 1, len(case_ids))
         image, label = preprocess_case(info.cases[case_id], info, plan)
         for suffix, arr in (("image", image), ("label", label)):
-            tmp = cache_dir / f".{case_id}_{suffix}.tmp.npy"
-            np.save(tmp, arr)
-            os.replace(tmp, cache_dir / f"{case_id}_{suffix}.npy")
+            with staged_file(cache_dir / f"{case_id}_{suffix}.npy") as tmp:
+                np.save(tmp, arr)
         fg = foreground_locations(label, list(info.labels))
-        tmp = cache_dir / f".{case_id}_fg.tmp.npz"
-        np.savez(tmp, **{str(k): v for k, v in fg.items()})
-        os.replace(tmp, done)
-    (cache_dir / "plan.json").write_text(json.dumps(plan, indent=2))
+        with staged_file(done) as tmp:
+            np.savez(tmp, **{str(k): v for k, v in fg.items()})
+    write_text(cache_dir / "plan.json", json.dumps(plan, indent=2))
     return cache_dir
 
 

@@ -61,6 +61,8 @@ def write_demo_dataset(dst: str | Path, ct: str | Path | None = None, seg: str |
     of its foreground, patch 32 x 64 x 64."""
     import SimpleITK as sitk
 
+    from unetrpp.atomic import write_text
+
     from .layout import CaseSource, DatasetSpec, DatasetWriter, ImageRef
 
     data = shared_data_dir()
@@ -96,7 +98,7 @@ def write_demo_dataset(dst: str | Path, ct: str | Path | None = None, seg: str |
                     "aliases": ["ct"], "normalization": {"scheme": "ct", **stats}}],
         "patch_size": [32, 64, 64],
     }
-    (dst / "plan.json").write_text(json.dumps(plan, indent=2) + "\n")
+    write_text(dst / "plan.json", json.dumps(plan, indent=2) + "\n")
     log.info("demo dataset written to %s", dst)
     return dst
 

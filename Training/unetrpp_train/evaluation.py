@@ -39,6 +39,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from unetrpp.atomic import staged_file, write_text
 from unetrpp.errors import UnetrppError
 
 from .layout import case_paths, geometry_difference, load_dataset, split_cases
@@ -235,9 +236,7 @@ def markdown(title: str, summary: Sequence[Mapping[str, Any]], rows: Sequence[Ma
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_text(path, text)
 
 
 def _json_number(v: float) -> float | None:
@@ -284,7 +283,8 @@ def evaluate(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
             log.info("case %s (%d/%d): segmenting", case_id, n, len(ids))
             pred_img = runner(images)
             pred_file = out / "predictions" / f"{case_id}.nii.gz"
-            sitk.WriteImage(pred_img, str(pred_file), True)
+            with staged_file(pred_file) as tmp:
+                sitk.WriteImage(pred_img, str(tmp), True)
             pred = _read_prediction(pred_file, case_id, reference, label_path)
         else:
             pred = _read_prediction(_prediction_file(pred_dir, case_id), case_id, reference, label_path)

@@ -47,6 +47,17 @@ class ExportError(UnetrppError):
     """The run folder cannot be exported (missing checkpoint or run.json)."""
 
 
+def read_json_file(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from a file the user named; anything else is an input error naming the file."""
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeError, RecursionError) as exc:
+        raise ExportError(f"{what} {path} is not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise ExportError(f"{what} {path} must hold a JSON object")
+    return data
+
+
 
 def optimizer_summary(cfg: dict[str, Any]) -> str:
     """The optimiser as the run used it (the paper's SGD, or AdamW for quick demo fits)."""
@@ -258,7 +269,10 @@ def export_run(
     run_file = run_dir / RUN_FILE
     if not run_file.is_file():
         raise ExportError(f"{run_dir} is not a training run folder: {run_file} is missing")
-    run = json.loads(run_file.read_text())
+    run = read_json_file(run_file, "run file")
+    missing = [k for k in ("config", "config_hash", "network", "dataset", "plan", "code_version") if k not in run]
+    if missing:
+        raise ExportError(f"{run_file} lacks {', '.join(missing)}: not a run folder of unetrpp-train train")
     names = {"final": [FINAL, LATEST], "latest": [LATEST]}.get(checkpoint, [checkpoint])
     ckpt_file = next((run_dir / n for n in names if (run_dir / n).is_file()), None)
     if ckpt_file is None:

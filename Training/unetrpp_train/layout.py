@@ -31,7 +31,7 @@ and ``cases`` ({id: {"images": {channel: relative path}, "label": relative path,
 
 Interrupted conversions
 -----------------------
-Each case is written into ``cases/.<id>.partial/`` and renamed to ``cases/<id>/`` once all its files are
+Each case is written into a private temporary folder in ``cases/`` (``unetrpp.atomic``) and renamed to ``cases/<id>/`` once all its files are
 written, so a ``cases/<id>/`` folder is always complete. Re-running the same conversion (same dataset kind,
 same source folder, same conversion version) resumes: partial folders are removed, complete cases are kept.
 A different conversion into the same folder, or a folder that is not a dataset, is refused unless
@@ -53,6 +53,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from unetrpp.atomic import TEMP_PREFIX, replace_path, staging_dir, write_text
 from unetrpp.errors import UnetrppError
 
 log = logging.getLogger(__name__)
@@ -195,9 +196,7 @@ def _fmt(values: Sequence[float]) -> str:
 
 # Writing ------------------------------------------------------------------------------------
 def _atomic_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def _read_image(ref: ImageRef, case_id: str, role: str) -> sitk.Image:
@@ -338,7 +337,7 @@ class DatasetWriter:
             self._clean()
         cases = dst / CASES_DIR
         cases.mkdir(exist_ok=True)
-        for partial in cases.glob(".*.partial"):
+        for partial in [*cases.glob(".*.partial"), *cases.glob(TEMP_PREFIX + "*")]:  # what a kill left behind
             shutil.rmtree(partial)
         _atomic_json(dst / MARKER_FILE, dict(marker, started=time.strftime("%Y-%m-%dT%H:%M:%S")))
         return True
@@ -383,10 +382,6 @@ class DatasetWriter:
         out_label.CopyInformation(first)
 
         final = self.dst / CASES_DIR / cid
-        tmp = self.dst / CASES_DIR / f".{cid}.partial"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        tmp.mkdir(parents=True)
         record: dict[str, Any] = {
             "images": {name: f"{CASES_DIR}/{cid}/image_{name}.nii.gz" for name in images},
             "label": f"{CASES_DIR}/{cid}/label.nii.gz",
@@ -396,11 +391,14 @@ class DatasetWriter:
             "source": {"images": {n: r.describe() for n, r in source.images.items()}, "label": str(source.label)},
         }
         record.update(source.meta)
-        for name, img in images.items():
-            sitk.WriteImage(img, str(tmp / f"image_{name}.nii.gz"), True)
-        sitk.WriteImage(out_label, str(tmp / "label.nii.gz"), True)
-        (tmp / CASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, final)
+        with staging_dir(final.parent) as staging:  # the case folder appears complete or not at all
+            tmp = staging / cid
+            tmp.mkdir()
+            for name, img in images.items():
+                sitk.WriteImage(img, str(tmp / f"image_{name}.nii.gz"), True)
+            sitk.WriteImage(out_label, str(tmp / "label.nii.gz"), True)
+            (tmp / CASE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            replace_path(tmp, final, overwrite=True)
         self.records[cid] = record
         log.info("case %s converted (%s, spacing %s mm)", cid, "x".join(map(str, record["size"])), _fmt(record["spacing"]))
         return record

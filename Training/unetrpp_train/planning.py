@@ -33,6 +33,7 @@ from typing import Any, Sequence
 import numpy as np
 import SimpleITK as sitk
 
+from unetrpp.atomic import write_text
 from unetrpp.errors import UnetrppError
 from unetrpp.manifest import Plan
 from unetrpp.official_models import official_manifest
@@ -189,8 +190,6 @@ def plan_dataset(dst: str | os.PathLike[str], variant: str | None = None, patch_
     }
     if write:
         out = Path(dst) / PLAN_FILE
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, out)
+        write_text(out, json.dumps(result, indent=2) + "\n")
         log.info("plan written to %s: spacing %s mm (%s), patch %s", out, spacing, rule, patch)
     return result

@@ -34,6 +34,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 import unetrpp
+from unetrpp.atomic import staged_file, write_text
 from unetrpp.errors import UnetrppError
 from unetrpp.network import NetworkConfig, build_network, variant_config
 
@@ -124,20 +125,14 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path, keep_previous: Path | None = None) -> None:
-    """Write `path` so that it is either the old file or the complete new one, never a part: a temporary
-    file, flushed to disk, then renamed over it. With `keep_previous`, the file being replaced is first
-    renamed to that name (the last good checkpoint stays available for a resume)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+    """Write `path` so that it is either the old file or the complete new one, never a part
+    (`unetrpp.atomic`, durable: the new file is flushed to disk before it is renamed over the old one).
+    With `keep_previous`, the file being replaced is first renamed to that name (the last good
+    checkpoint stays available for a resume)."""
+    with staged_file(path, overwrite=True, durable=True) as tmp:
+        torch.save(obj, tmp)
         if keep_previous is not None and path.is_file():
             os.replace(path, keep_previous)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def encoder_conv_trunc_normal(network: torch.nn.Module) -> None:
@@ -326,9 +321,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
             "device": str(dev),
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-        tmp = run_dir / f".{RUN_FILE}.tmp"
-        tmp.write_text(json.dumps(run_info, indent=2) + "\n")
-        os.replace(tmp, run_dir / RUN_FILE)
+        write_text(run_dir / RUN_FILE, json.dumps(run_info, indent=2) + "\n")
 
     # Preprocess once (rank 0), everyone else waits.
     cache = Path(cache_dir) if cache_dir else default_cache_dir(info, plan, run_dir)
@@ -438,9 +431,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     epoch_time = float(partial.get("time", 0.0))
     if ddp.is_main and checkpoint is not None:
         # Forget epochs logged after the checkpoint by the interrupted process.
-        tmp = run_dir / ".metrics.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in history))
-        os.replace(tmp, run_dir / "metrics.jsonl")
+        write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
     steps_done = 0
     step_seconds: list[float] = []
     wait_seconds: list[float] = []

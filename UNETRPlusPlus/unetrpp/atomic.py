@@ -12,6 +12,9 @@ nothing behind (temporary names start with "." and are removed).
   commits on success and cleans up on any exception.
 - `staged_file(target)`: one file written by a callback or a streaming writer (downloads).
 - `write_text` / `write_bytes`: one small file in one call.
+- `durable=True` (any of the above): each file is flushed to disk (fsync) before it is moved into place
+  and its folder after, so a crash or power loss leaves the old or the new file, never an empty one
+  (training checkpoints).
 - `replace_path(staged, target, overwrite)`: move a complete file or folder (a model package) into
   place; an existing target is only replaced with `overwrite`, and is restored if the move fails.
 - `remove_path(path)`: make a file or folder disappear atomically, then delete it.
@@ -92,6 +95,18 @@ def place(staged: Path, target: Path, overwrite: bool = False) -> None:
     os.unlink(staged)
 
 
+def _fsync(path: Path) -> None:
+    """Flush a file (or a folder's entries) to disk; folders are skipped where the OS cannot open them."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (IsADirectoryError, PermissionError):
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _make_parents(folder: Path) -> list[Path]:
     """Create `folder` and its missing ancestors; return the created ones, deepest first."""
     missing = []
@@ -114,8 +129,9 @@ def _remove_created(created: list[Path]) -> None:
 class StagedOutputs:
     """Files written beside their targets under temporary names, moved into place on `commit`."""
 
-    def __init__(self, overwrite: bool = False) -> None:
+    def __init__(self, overwrite: bool = False, durable: bool = False) -> None:
         self.overwrite = overwrite
+        self.durable = durable
         self._dirs: dict[Path, Path] = {}
         self._files: list[tuple[Path, Path]] = []
         self._created: list[Path] = []
@@ -139,12 +155,17 @@ class StagedOutputs:
             if not staged.exists():
                 raise RuntimeError(f"the writer did not create {staged}")
             _refuse_existing(target, self.overwrite)
+            if self.durable:
+                _fsync(staged)
         placed: list[tuple[Path, os.stat_result]] = []
         try:
             for staged, target in self._files:
                 ours = staged.stat()
                 place(staged, target, self.overwrite)
                 placed.append((target, ours))
+            if self.durable:
+                for folder in {target.parent for _, target in self._files}:
+                    _fsync(folder)
         except BaseException:
             if not self.overwrite:  # take back what this run placed (never a file another run wrote)
                 for target, ours in placed:
@@ -173,22 +194,22 @@ class StagedOutputs:
 
 
 @contextlib.contextmanager
-def staged_file(target: str | os.PathLike[str], overwrite: bool = True) -> Iterator[Path]:
+def staged_file(target: str | os.PathLike[str], overwrite: bool = True, durable: bool = False) -> Iterator[Path]:
     """Yield a temporary path with `target`'s file name (so writers that choose the format by
     suffix work), in a private folder beside it; on success it is placed onto `target` (see
     `place`), on failure removed."""
-    with StagedOutputs(overwrite=overwrite) as staging:
+    with StagedOutputs(overwrite=overwrite, durable=durable) as staging:
         yield staging.path_for(target)
 
 
-def write_bytes(target: str | os.PathLike[str], data: bytes, overwrite: bool = True) -> Path:
-    with staged_file(target, overwrite) as tmp:
+def write_bytes(target: str | os.PathLike[str], data: bytes, overwrite: bool = True, durable: bool = False) -> Path:
+    with staged_file(target, overwrite, durable) as tmp:
         tmp.write_bytes(data)
     return Path(target)
 
 
-def write_text(target: str | os.PathLike[str], text: str, overwrite: bool = True) -> Path:
-    return write_bytes(target, text.encode("utf-8"), overwrite)
+def write_text(target: str | os.PathLike[str], text: str, overwrite: bool = True, durable: bool = False) -> Path:
+    return write_bytes(target, text.encode("utf-8"), overwrite, durable)
 
 
 def replace_path(staged: Path, target: Path, overwrite: bool = False) -> Path:

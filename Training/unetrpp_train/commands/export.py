@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -34,13 +33,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import DEFAULT_LICENSE, export_run
+    from ..export import DEFAULT_LICENSE, export_run, read_json_file
 
     if logging.getLogger().level > logging.INFO:
         log.setLevel(logging.INFO)
     metrics: dict[str, Any] | None = None
     if args.metrics:
-        metrics = json.loads(Path(args.metrics).read_text())
+        metrics = read_json_file(Path(args.metrics), "--metrics")
     extra = Path(args.card_extra).read_text() if args.card_extra else None
     out = export_run(args.run, args.output, name=args.name, version=args.version, title=args.title,
                      description=args.description, license_text=args.license_text or DEFAULT_LICENSE,
