@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import torch
-
 log = logging.getLogger("unetrpp_train")
 
-_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+_DTYPES = ("float32", "float16", "bfloat16")  # torch dtypes of the same names (torch is imported on use)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -27,12 +25,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "or {\"dice\": {\"liver\": 0.95, ...}}")
     p.add_argument("--notes", help="provenance notes")
     p.add_argument("--card-extra", metavar="FILE", help="Markdown inserted near the top of the model card")
-    p.add_argument("--dtype", choices=sorted(_DTYPES), default="float32", help="weights precision in the package")
+    p.add_argument("--dtype", choices=_DTYPES, default="float32", help="weights precision in the package")
     p.add_argument("--checkpoint", default="final", help="final (default; latest if the run has not finished), latest, or a file name")
     p.add_argument("--overwrite", action="store_true")
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
     from ..export import DEFAULT_LICENSE, export_run, read_json_file
 
     if logging.getLogger().level > logging.INFO:
@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     extra = Path(args.card_extra).read_text() if args.card_extra else None
     out = export_run(args.run, args.output, name=args.name, version=args.version, title=args.title,
                      description=args.description, license_text=args.license_text or DEFAULT_LICENSE,
-                     metrics=metrics, notes=args.notes, card_extra=extra, dtype=_DTYPES[args.dtype],
+                     metrics=metrics, notes=args.notes, card_extra=extra, dtype=getattr(torch, args.dtype),
                      checkpoint=args.checkpoint, overwrite=args.overwrite)
     print(out)
     return 0
