@@ -176,3 +176,35 @@ def lung_source(root: Path, n: int = 5, spacings: Sequence[Sequence[float]] | No
         "name": "Lung", "modality": {"0": "CT"}, "labels": {"0": "background", "1": "cancer"},
         "numTraining": n, "training": training}))
     return root
+
+
+def nnunet_source(root: Path, n: int = 4, form: str = "v2", channels: Sequence[str] = ("T2",),
+                  labels: Sequence[str] = ("liver", "spleen")) -> Path:
+    """Own data in the nnU-Net raw layout, from the training phantoms (support/phantom.py: an ellipsoid and a
+    box, 32x48x48 at 1 mm), named as `labels`. form "v2": dataset.json with channel_names, labels name -> value,
+    file_ending, imagesTr/<case>_0000.nii.gz per channel; "decathlon": modality, labels value -> name, a
+    "training" list, imagesTr/<case>.nii.gz (4-D with several channels)."""
+    from .phantom import phantom
+
+    for i in range(n):
+        case = f"case_{i:03d}"
+        img, lab = phantom(i)
+        arrays = [img * (1.0 + 0.5 * c) for c in range(len(channels))]
+        if form == "v2":
+            for c, arr in enumerate(arrays):
+                write(image(arr), root / "imagesTr" / f"{case}_{c:04d}.nii.gz")
+        else:
+            img4 = image(arrays[0]) if len(arrays) == 1 else sitk.JoinSeries([image(a) for a in arrays])
+            write(img4, root / "imagesTr" / f"{case}.nii.gz")
+        write(image(lab), root / "labelsTr" / f"{case}.nii.gz")
+    if form == "v2":
+        meta = {"name": "MyOrgans", "channel_names": {str(i): c for i, c in enumerate(channels)},
+                "labels": {"background": 0, **{name: i + 1 for i, name in enumerate(labels)}},
+                "numTraining": n, "file_ending": ".nii.gz"}
+    else:
+        meta = {"name": "MyOrgans", "modality": {str(i): c for i, c in enumerate(channels)},
+                "labels": {"0": "background", **{str(i + 1): name for i, name in enumerate(labels)}}, "numTraining": n,
+                "training": [{"image": f"./imagesTr/case_{i:03d}.nii.gz", "label": f"./labelsTr/case_{i:03d}.nii.gz"}
+                             for i in range(n)]}
+    (root / "dataset.json").write_text(json.dumps(meta, indent=2))
+    return root

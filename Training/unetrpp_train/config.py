@@ -26,7 +26,7 @@ from unetrpp.errors import UnetrppError
 
 log = logging.getLogger(__name__)
 
-KNOWN_DATASETS = ("synapse", "btcv", "acdc", "brats", "lung")
+KNOWN_DATASETS = ("synapse", "btcv", "acdc", "brats", "lung", "nnunet")
 
 
 class ConfigError(UnetrppError, ValueError):
@@ -114,7 +114,9 @@ class TrainConfig:
     dataset: str = "custom"
     """synapse | btcv | acdc | brats | lung | custom: selects the network variant and label names"""
     variant: str = "synapse"
-    """official network variant whose settings are the base of `network`"""
+    """official network variant whose settings are the base of `network`; "auto" (own data, the nnunet
+    recipe): the variant, stem, patch, batch Dice and dummy-2D augmentation the plan chose (plan.json
+    "recipe", see `resolve_for_plan`)"""
     network: dict[str, Any] = field(default_factory=dict)
     """overrides of unetrpp.network.NetworkConfig fields (patch_size, feature_size, stem_kernel ...)"""
     batch_size: int = 2
@@ -215,6 +217,29 @@ class TrainConfig:
         """SHA256 (first 16 hex digits) of the canonical JSON of the recipe."""
         text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def resolve_for_plan(cfg: TrainConfig, plan: dict[str, Any]) -> TrainConfig:
+    """The recipe with variant "auto" resolved from plan.json's "recipe" (written by `unetrpp-train plan` for
+    own data): variant, stem kernel and patch (unless the recipe sets them in `network`), batch Dice and
+    dummy-2D augmentation. Any other recipe is returned unchanged."""
+    if cfg.variant != "auto":
+        return cfg
+    chosen = plan.get("recipe")
+    if not isinstance(chosen, dict) or not {"variant", "stem_kernel", "patch_size"} <= set(chosen):
+        raise ConfigError("this recipe takes its configuration from the plan (variant auto), but plan.json has no "
+                          "'recipe': run `unetrpp-train plan DST --variant auto` first")
+    data = cfg.to_dict()
+    data["variant"] = chosen["variant"]
+    net = dict(data.get("network") or {})
+    net.setdefault("stem_kernel", list(chosen["stem_kernel"]))
+    net.setdefault("patch_size", list(chosen["patch_size"]))
+    data["network"] = net
+    data["batch_dice"] = bool(chosen.get("batch_dice", data["batch_dice"]))
+    data["augment"] = dict(data["augment"], dummy_2d=bool(chosen.get("dummy_2d", False)))
+    if data["augment"]["dummy_2d"]:
+        data["augment"]["rotation_deg"] = [180.0, 0.0, 0.0]
+    return TrainConfig.from_dict(data)
 
 
 def config_path(name: str) -> Path | None:

@@ -36,6 +36,15 @@ brats
     Split: Decathlon: the official UNETR++ tumour trainer's lists (splits/brats.json): 387 ``train``, 73
     ``test`` (= ``val``); the 24 cases in neither list are converted but in no split. Challenge layouts (no
     official UNETR++ split): a custom split (below).
+nnunet
+    Any dataset in the nnU-Net raw layout: ``SRC/dataset.json`` (nnU-Net v2: ``channel_names`` {"0": "CT"},
+    ``labels`` name -> value, ``file_ending``; or the Decathlon / nnU-Net v1 form: ``modality``, ``labels``
+    value -> name, ``training`` [{"image", "label"}]), ``imagesTr/<case>_0000.nii.gz`` (one file per channel;
+    the Decathlon's single or 4-D ``imagesTr/<case>.nii.gz`` too) and ``labelsTr/<case>.nii.gz``. Channel
+    names are the channel_names values in lower case ("CT" -> ``ct``, CT normalisation; any other -> z-score);
+    labels keep their values and names. Variant ``auto``: `unetrpp-train plan` chooses the configuration from
+    the data. Split: from 5 cases on 80/20 (every fifth sorted case ``val``), fewer cases all ``train`` and
+    none held out; ``all`` lists every case.
 lung
     Medical Segmentation Decathlon Task06_Lung: ``SRC/dataset.json``, ``imagesTr/lung_XXX.nii.gz``,
     ``labelsTr/lung_XXX.nii.gz``; label 1 lung tumour. Split: the official lists (splits/lung.json): 50
@@ -69,7 +78,7 @@ from .official import official_split, official_splits_for, source_ref
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("synapse", "btcv", "acdc", "brats", "lung")
+DATASETS = ("synapse", "btcv", "acdc", "brats", "lung", "nnunet")
 
 SYNAPSE_TEST = [c[3:] for c in official_split("synapse")["test"]]
 SYNAPSE_ALL = sorted(c[3:] for c in official_split("synapse")["train"] + official_split("synapse")["test"])
@@ -309,8 +318,147 @@ def _lung(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict[
     return spec, cases, None, ""
 
 
+# nnU-Net raw layout (any dataset) -----------------------------------------------------------
+def _nnunet_channels(meta: dict[str, Any], file: Path) -> list[dict[str, str]]:
+    from .caseset import channel_name
+
+    raw = meta.get("channel_names", meta.get("modality"))
+    if not isinstance(raw, dict) or not raw:
+        raise ConversionError(f"{file} names no channels: expected channel_names {{\"0\": \"CT\"}} (nnU-Net v2) or "
+                              "modality {\"0\": \"CT\"} (Decathlon, nnU-Net v1)")
+    try:
+        items = sorted(raw.items(), key=lambda kv: int(kv[0]))
+    except ValueError:
+        raise ConversionError(f"{file}: channel keys must be 0, 1, ... (got {', '.join(map(str, raw))})") from None
+    if [int(k) for k, _ in items] != list(range(len(items))):
+        raise ConversionError(f"{file}: channel keys must be 0, 1, ... without gaps (got {', '.join(map(str, raw))})")
+    channels: list[dict[str, str]] = []
+    for _, value in items:
+        name = channel_name(str(value))
+        while name in {c["name"] for c in channels}:
+            name = f"{name}_{len(channels)}"
+        channels.append({"name": name, "modality": "CT" if str(value).strip().casefold() == "ct" else "MR",
+                         "source_name": str(value)})
+    return channels
+
+
+def _nnunet_labels(meta: dict[str, Any], file: Path) -> dict[int, str]:
+    raw = meta.get("labels")
+    if not isinstance(raw, dict) or not raw:
+        raise ConversionError(f"{file} has no labels (name -> value, or Decathlon's value -> name)")
+    out: dict[int, str] = {}
+    for key, value in raw.items():
+        if isinstance(value, list):
+            raise ConversionError(f"{file}: label {key!r} is a region ({value}); region-based nnU-Net datasets are "
+                                  "not supported, give one value per label")
+        if str(key).strip().lstrip("-").isdigit() and isinstance(value, str):  # Decathlon / v1: {"1": "liver"}
+            number, name = int(key), value
+        elif isinstance(value, int) and not isinstance(value, bool):  # v2: {"liver": 1}
+            number, name = value, str(key)
+        else:
+            raise ConversionError(f"{file}: label entry {key!r}: {value!r} is neither name -> value nor value -> name")
+        if number < 0 or number > 65535:
+            raise ConversionError(f"{file}: label {name!r} has value {number}; values must be 0..65535")
+        if number in out and number != 0:
+            raise ConversionError(f"{file}: labels {out[number]!r} and {name!r} share the value {number}")
+        if number != 0:
+            out[number] = name
+    if not out:
+        raise ConversionError(f"{file} declares no foreground label")
+    return dict(sorted(out.items()))
+
+
+def _strip_ending(name: str, ending: str) -> str:
+    return name[: -len(ending)] if name.endswith(ending) else name.split(".")[0]
+
+
+def _nnunet_cases(root: Path, meta: dict[str, Any], channels: list[dict[str, str]], ending: str) -> list[CaseSource]:
+    images_dir, labels_dir = root / "imagesTr", root / "labelsTr"
+    names = [c["name"] for c in channels]
+
+    def per_channel(case: str) -> dict[str, ImageRef]:
+        return {n: ImageRef(images_dir / f"{case}_{i:04d}{ending}") for i, n in enumerate(names)}
+
+    cases: list[CaseSource] = []
+    listed = meta.get("dataset")  # nnU-Net v2's optional explicit file lists
+    if isinstance(listed, dict) and listed:
+        for case, entry in sorted(listed.items()):
+            files = entry.get("images", []) if isinstance(entry, dict) else []
+            if len(files) != len(names) or "label" not in entry:
+                raise ConversionError(f"{root / 'dataset.json'}: 'dataset' entry {case!r} needs {len(names)} images and a label")
+            cases.append(CaseSource(str(case), {n: ImageRef((root / f).resolve()) for n, f in zip(names, files)},
+                                    (root / entry["label"]).resolve()))
+        return cases
+    training = meta.get("training")
+    if isinstance(training, list) and training:  # Decathlon / nnU-Net v1
+        for item in training:
+            if not isinstance(item, dict) or "label" not in item:
+                raise ConversionError(f"{root / 'dataset.json'}: a 'training' entry lacks 'label': {item!r}")
+            label = root / str(item["label"])
+            case = _strip_ending(label.name, ending)
+            split_files = per_channel(case)
+            if all(ref.path.is_file() for ref in split_files.values()):  # nnU-Net v1: <case>_0000.nii.gz
+                images = split_files
+            else:  # the Decathlon's own files: one 3-D image, or a 4-D file holding every channel
+                image = root / str(item.get("image", ""))
+                images = ({names[0]: ImageRef(image)} if len(names) == 1
+                          else {n: ImageRef(image, i) for i, n in enumerate(names)})
+            cases.append(CaseSource(case, images, label))
+        return cases
+    if not labels_dir.is_dir():
+        raise ConversionError(f"no nnU-Net layout under {root}: {labels_dir} is missing (expected imagesTr/<case>_0000"
+                              f"{ending} and labelsTr/<case>{ending})")
+    for label in _visible(labels_dir.glob(f"*{ending}")):
+        case = _strip_ending(label.name, ending)
+        cases.append(CaseSource(case, per_channel(case), label))
+    if not cases:
+        raise ConversionError(f"{labels_dir} holds no label files ending in {ending}")
+    return cases
+
+
+def few_cases_split(ids: Sequence[str]) -> tuple[dict[str, list[str]], str]:
+    """Own data: 80/20 (every fifth sorted case val) from 5 cases on; fewer cases all train, none held out."""
+    if len(ids) >= 5:
+        split = every_fifth_split(ids)
+        rule = "cases sorted by id, every fifth (positions 4, 9, ...) val, the rest train (80/20)"
+    else:
+        split = {"train": sorted(ids), "val": []}
+        rule = (f"only {len(ids)} case(s): all train, none held out (evaluate with --split all: scores on the "
+                "training cases, not held-out ones)")
+    split["all"] = sorted(ids)
+    return split, rule
+
+
+def _nnunet(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict[str, list[str]], str]:
+    file = src / "dataset.json"
+    if not file.is_file():
+        raise ConversionError(f"{file} is missing: an nnU-Net raw dataset holds dataset.json, imagesTr/ and labelsTr/")
+    try:
+        meta = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeError) as exc:
+        raise ConversionError(f"{file} is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ConversionError(f"{file} must hold a JSON object")
+    channels = _nnunet_channels(meta, file)
+    labels = _nnunet_labels(meta, file)
+    ending = str(meta.get("file_ending", ".nii.gz"))
+    cases = _nnunet_cases(src, meta, channels, ending)
+    form = ("nnU-Net v2" if "channel_names" in meta else "Decathlon / nnU-Net v1")
+    spec = DatasetSpec(
+        dataset="nnunet", variant="auto", name=str(meta.get("name") or src.name),
+        description=str(meta.get("description") or f"{src.name} (nnU-Net raw layout)"),
+        channels=[{"name": c["name"], "modality": c["modality"]} for c in channels], labels=labels,
+        evaluation={"classes": _classes(labels, sorted(labels)), "description": "every label of dataset.json"},
+        source_path=src, source_layout=f"nnU-Net raw layout, {form} dataset.json ({src})",
+        extra={"source_channels": {c["name"]: c["source_name"] for c in channels}},
+    )
+    splits, rule = few_cases_split([c.case_id for c in cases])
+    return spec, cases, splits, rule
+
+
 _BUILDERS: dict[str, Callable[[str, Path], tuple[DatasetSpec, list[CaseSource], dict[str, list[str]], str]]] = {
     "synapse": _synapse_like, "btcv": _synapse_like, "acdc": _acdc, "brats": _brats, "lung": _lung,
+    "nnunet": _nnunet,
 }
 
 
@@ -348,7 +496,11 @@ def convert(dataset: str, src: str | Path, dst: str | Path, overwrite: bool = Fa
         raise ConversionError(f"output {dst} must differ from the source folder")
     spec, cases, splits, rule = _BUILDERS[dataset](dataset, src)
     ids = [c.case_id for c in cases]
-    if splits is None or custom_split:
+    if dataset == "nnunet" and custom_split:
+        splits, rule = every_fifth_split(ids), "custom split: every fifth sorted case val (80/20)"
+        splits["all"] = sorted(ids)
+        record = {"kind": "custom"}
+    elif splits is None or custom_split:
         splits, rule, record = choose_splits(dataset, ids, custom_split)
     else:
         record = {"kind": "custom"}

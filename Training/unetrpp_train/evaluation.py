@@ -255,7 +255,12 @@ def evaluate(data_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str], 
         raise EvaluationError(f"hd95_empty must be one of {', '.join(HD95_EMPTY)}, got {hd95_empty!r}")
     data = load_dataset(data_dir)
     if split is None:
-        split = "val" if "val" in data["splits"] else "test"
+        split = next((s for s in ("val", "test") if data["splits"].get(s)), None)
+        if split is None and data["splits"].get("all"):
+            split = "all"
+            log.warning("%s holds no held-out cases (no val or test split): evaluating on all cases, which the "
+                        "model was trained on", Path(data_dir) / "dataset.json")
+        split = split or "val"
     ids = split_cases(data, split)
     if not ids:
         raise EvaluationError(f"split {split!r} of {Path(data_dir) / 'dataset.json'} is empty")

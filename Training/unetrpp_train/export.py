@@ -67,12 +67,24 @@ def optimizer_summary(cfg: dict[str, Any]) -> str:
     return f"SGD lr {cfg['lr']}, momentum {cfg['momentum']}{nesterov}, weight decay {cfg['weight_decay']}"
 
 def _norm_name(name: str) -> str:
-    return re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
+    text = re.sub(r"[^a-z0-9]+", " ", name.lower()).strip()
+    m = re.fullmatch(r"(.+) (left|right)", text)  # nnU-Net / TotalSegmentator style: kidney_left
+    return f"{m.group(2)} {m.group(1)}" if m else text
+
+
+def _official_by_name() -> dict[str, dict[str, Any]]:
+    """Every label of the official variants by normalised name (SNOMED-CT terminology and colour)."""
+    found: dict[str, dict[str, Any]] = {}
+    for variant in ("synapse", "acdc", "brats", "lung"):
+        for item in official_manifest(variant)["labels"]:
+            found.setdefault(_norm_name(item["name"]), item)
+    return found
 
 
 def package_labels(dataset: str, variant: str, labels: dict[int, str]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Labels (and BraTS regions) for the manifest: the official entries (terminology) where the
-    value and name agree with the dataset's, generic entries otherwise."""
+    value and name agree with the dataset's, else the official entry of the same name (own data: its
+    terminology and colour, the dataset's value), generic entries otherwise."""
     official: dict[int, dict[str, Any]] = {}
     regions: list[dict[str, Any]] = []
     try:
@@ -82,12 +94,14 @@ def package_labels(dataset: str, variant: str, labels: dict[int, str]) -> tuple[
     except (KeyError, ValueError):
         pass
     known_dataset = dataset.lower() in ("synapse", "btcv", "acdc", "brats", "lung")
+    by_name = _official_by_name()
     out = []
     for i, (value, name) in enumerate(sorted(labels.items())):
         ref = official.get(value)
-        if ref is not None and (known_dataset or _norm_name(ref["name"]) == _norm_name(name)
-                                or _norm_name(name).replace("kidney right", "right kidney") == _norm_name(ref["name"])):
+        if ref is not None and (known_dataset or _norm_name(ref["name"]) == _norm_name(name)):
             out.append(dict(ref))
+        elif _norm_name(name) in by_name:  # own data: the official entry of the same name, with this value and name
+            out.append(dict(by_name[_norm_name(name)], value=int(value), name=name))
         else:
             out.append({"value": int(value), "name": name, "color": list(_PALETTE[i % len(_PALETTE)])})
     values = {lab["value"] for lab in out}

@@ -17,6 +17,10 @@ Rules (nnU-Net v1 `ExperimentPlanner3D_v21`, which the official UNETR++ plans de
   official plans do.
 * Patch size: fixed per variant as in the paper (synapse/btcv 64x128x128, acdc 16x160x160, brats 128^3,
   lung 32x192x192), overridable (small demo configurations).
+* Own data (variant ``auto``, `convert nnunet`): the configuration is chosen from the data by
+  `choose_configuration` (stem from the anisotropy, patch from the median image at the target spacing
+  within the Synapse patch's voxel budget, batch Dice and dummy-2D augmentation by nnU-Net v1's rules) and
+  written to plan.json as ``recipe``; the ``nnunet`` training recipe takes it from there.
 
 All sizes and spacings in plan.json are in array order (z, y, x).
 """
@@ -81,6 +85,60 @@ def target_spacing(spacings: Sequence[Sequence[float]], shapes: Sequence[Sequenc
     return [float(v) for v in target], "median"
 
 
+#: own data: the patch holds at most as many voxels as the paper's Synapse patch (64 x 128 x 128)
+PATCH_BUDGET = 64 * 128 * 128
+#: nnU-Net v1 (experiment_planner_baseline_3DUNet.py): a low-resolution stage (and with it batch Dice in the
+#: official trainers) when the median image holds at least this many patches
+LOWRES_RATIO = 4.0
+
+
+def choose_configuration(median_shape: Sequence[float], spacing: Sequence[float],
+                         patch_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """The UNETR++ configuration for own data (array order z, y, x): median image size at the target
+    spacing and the target spacing in, the recipe entries of plan.json out.
+
+    - stem kernel (the first, patch-embedding downsampling) from the anisotropy r = z spacing / finest
+      in-plane spacing: (4, 4, 4) when r < 1.5 (BraTS), (2, 4, 4) when r < 6 (Synapse, 3 vs 0.76 mm), else
+      (1, 4, 4) (ACDC, 10 vs 1.56 mm); the patch must be a multiple of 8 x stem per axis.
+    - patch: the median image rounded up to those multiples, then the axis with the largest physical extent
+      shrunk one multiple at a time until it holds at most PATCH_BUDGET voxels (the paper's Synapse patch).
+    - batch Dice when the median image holds >= 4 patches (the official trainers use batch Dice exactly when
+      nnU-Net's planner adds a low-resolution stage); dummy-2D augmentation when the largest in-plane
+      patch edge is more than 3 times the patch depth (nnU-Net v1's do_dummy_2D_data_aug rule).
+    """
+    shape = [float(v) for v in median_shape]
+    sp = [float(v) for v in spacing]
+    ratio = sp[0] / min(sp[1:])
+    stem_z = 4 if ratio < 1.5 else 2 if ratio < 6 else 1
+    stem = [stem_z, 4, 4]
+    unit = [8 * k for k in stem]
+    rules = [f"anisotropy {ratio:.2f} (z {sp[0]:.3g} mm / in-plane {min(sp[1:]):.3g} mm): stem {stem}"]
+    if patch_size:
+        patch = [int(v) for v in patch_size]
+        bad = [i for i in range(3) if patch[i] % unit[i]]
+        if bad:
+            raise PlanningError(f"patch size {patch} must be a multiple of {unit} (8 x the stem {stem} chosen for this "
+                                "data's anisotropy)")
+        rules.append("patch given")
+    else:
+        patch = [max(u, int(np.ceil(m / u)) * u) for m, u in zip(shape, unit)]
+        while int(np.prod(patch)) > PATCH_BUDGET:
+            candidates = [i for i in range(3) if patch[i] > unit[i]]
+            axis = max(candidates, key=lambda i: (patch[i] * sp[i], patch[i]))
+            patch[axis] -= unit[axis]
+        rules.append(f"patch: median image {[round(v) for v in shape]} rounded up to multiples of {unit}, the longest "
+                     f"physical axis shrunk until <= {PATCH_BUDGET} voxels")
+    patches = float(np.prod(shape)) / float(np.prod(patch))
+    batch_dice = patches >= LOWRES_RATIO
+    dummy_2d = max(patch[1:]) / patch[0] > ANISOTROPY_THRESHOLD
+    rules.append(f"median image / patch = {patches:.2f}: batch Dice {'on' if batch_dice else 'off'} (on from "
+                 f"{LOWRES_RATIO:g}, nnU-Net's low-resolution-stage rule)")
+    rules.append(f"patch in-plane / depth = {max(patch[1:]) / patch[0]:.2f}: dummy-2D augmentation "
+                 f"{'on' if dummy_2d else 'off'} (on above {ANISOTROPY_THRESHOLD:g})")
+    return {"variant": "synapse", "stem_kernel": stem, "patch_size": patch, "batch_dice": bool(batch_dice),
+            "dummy_2d": bool(dummy_2d), "rules": rules}
+
+
 def ct_statistics(samples: np.ndarray, mode: str = "unclipped") -> dict[str, Any]:
     """Normalisation of a CT channel from pooled foreground samples."""
     if samples.size == 0:
@@ -127,7 +185,9 @@ def plan_dataset(dst: str | os.PathLike[str], variant: str | None = None, patch_
                  write: bool = True) -> dict[str, Any]:
     """Compute the plan of the converted dataset in DST (and write DST/plan.json atomically)."""
     data = load_dataset(dst)
-    variant = variant_name(variant or data.get("variant") or data.get("dataset", ""))
+    requested = str(variant or data.get("variant") or data.get("dataset", ""))
+    auto = requested.lower() == "auto"
+    variant = "synapse" if auto else variant_name(requested)
     ids = split_cases(data, split)
     if not ids:
         raise PlanningError(f"split {split!r} of {Path(dst) / 'dataset.json'} is empty")
@@ -151,7 +211,7 @@ def plan_dataset(dst: str | os.PathLike[str], variant: str | None = None, patch_
     intensity: dict[str, Any] = {}
     for ch in channels:
         item: dict[str, Any] = {"name": ch["name"], "modality": ch["modality"]}
-        official = _official_input(variant, ch["name"])
+        official = {} if auto else _official_input(variant, ch["name"])
         for key in ("description", "aliases"):
             if key in official:
                 item[key] = official[key]
@@ -166,10 +226,11 @@ def plan_dataset(dst: str | os.PathLike[str], variant: str | None = None, patch_
         inputs.append(item)
     plan = {"target_spacing": spacing, "crop_to_nonzero": True, "anisotropy_threshold": ANISOTROPY_THRESHOLD}
     _check_schema(plan, inputs)
-    patch = [int(v) for v in (patch_size or PATCH_SIZES[variant])]
-    if len(patch) != 3 or min(patch) < 1:
-        raise PlanningError(f"patch size {patch} must be three positive integers (z y x)")
+    if patch_size is not None and (len(patch_size) != 3 or min(patch_size) < 1):
+        raise PlanningError(f"patch size {list(patch_size)} must be three positive integers (z y x)")
     median_shape = np.median(np.asarray(shapes, float) * np.asarray(spacings, float) / np.asarray(spacing), axis=0)
+    recipe = choose_configuration(median_shape, spacing, patch_size) if auto else None
+    patch = [int(v) for v in (recipe["patch_size"] if recipe else patch_size or PATCH_SIZES[variant])]
     result = {
         "plan": plan,
         "inputs": inputs,
@@ -184,10 +245,13 @@ def plan_dataset(dst: str | os.PathLike[str], variant: str | None = None, patch_
             "spacing_rule": rule,
             "median_spacing": [float(v) for v in np.median(np.asarray(spacings, float), axis=0)],
             "median_shape_at_target_spacing": [float(v) for v in median_shape],
-            "patch_rule": "given" if patch_size else f"paper's fixed patch for {variant}",
+            "patch_rule": "given" if patch_size else ("chosen from the data (recipe.rules)" if auto else
+                                                        f"paper's fixed patch for {variant}"),
             "intensity": intensity,
         },
     }
+    if recipe:
+        result["recipe"] = recipe
     if write:
         out = Path(dst) / PLAN_FILE
         write_text(out, json.dumps(result, indent=2) + "\n")

@@ -53,13 +53,15 @@ def augmentation(cfg: TrainConfig) -> dict[str, Any]:
 
 
 def resolve_recipe(cfg: TrainConfig) -> dict[str, Any]:
-    patch = list(cfg.network.get("patch_size") or variant_config(cfg.variant).patch_size)
+    base = variant_config(cfg.variant)
+    patch = list(cfg.network.get("patch_size") or base.patch_size)
     out: dict[str, Any] = {
         "dataset": cfg.dataset,
         "variant": cfg.variant,
         "config_hash": cfg.config_hash(),
         "batch_size": cfg.batch_size,
         "patch_size": patch,
+        "stem_kernel": list(cfg.network.get("stem_kernel") or base.stem_kernel),
         "sampled_region": list(sampling_size(patch, cfg.augment)),
         "amp": cfg.amp,
         "batch_dice": cfg.batch_dice,

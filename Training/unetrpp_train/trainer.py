@@ -38,7 +38,7 @@ from unetrpp.atomic import staged_file, write_text
 from unetrpp.errors import UnetrppError
 from unetrpp.network import NetworkConfig, build_network, variant_config
 
-from .config import ConfigError, TrainConfig
+from .config import ConfigError, TrainConfig, resolve_for_plan
 from .official import check_official_split, has_official_split
 from .data import (
     DataError,
@@ -277,6 +277,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     if has_official_split(cfg.dataset) and not cfg.custom_split:
         check_official_split(cfg.dataset, info.splits, f"{data_dir / 'dataset.json'}", all_cases=list(info.cases))
     plan = read_plan(data_dir)
+    cfg = resolve_for_plan(cfg, plan)
     net_cfg = network_config(cfg, info, plan)
     train_ids = info.split(cfg.split)
     val_ids = info.split(cfg.val_split) if cfg.val_iterations > 0 and cfg.val_split in info.splits else []

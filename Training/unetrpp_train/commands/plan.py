@@ -13,7 +13,10 @@ def run(args: argparse.Namespace) -> int:
 
     result = plan_dataset(args.data, variant=args.variant, patch_size=args.patch, split=args.split,
                           sample_stride=args.sample_stride, ct_stats=args.ct_stats)
-    print(json.dumps({"plan": result["plan"], "inputs": result["inputs"], "patch_size": result["patch_size"]}, indent=2))
+    shown = {"plan": result["plan"], "inputs": result["inputs"], "patch_size": result["patch_size"]}
+    if "recipe" in result:
+        shown["recipe"] = result["recipe"]
+    print(json.dumps(shown, indent=2))
     return 0
 
 
@@ -21,8 +24,8 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("plan", help="plan preprocessing (spacing, normalisation, patch) from the training cases",
                               description=__doc__)
     p.add_argument("data", metavar="DST", help="converted dataset folder")
-    p.add_argument("--variant", choices=["synapse", "btcv", "acdc", "brats", "lung"],
-                   help="network variant (default: the dataset's)")
+    p.add_argument("--variant", choices=["synapse", "btcv", "acdc", "brats", "lung", "auto"],
+                   help="network variant (default: the dataset's; auto = chosen from the data, for own datasets)")
     p.add_argument("--patch", type=int, nargs=3, metavar=("D", "H", "W"),
                    help="patch size in array order z y x (default: the paper's for the variant)")
     p.add_argument("--split", default="train", help="cases to plan from (default: train)")
