@@ -25,7 +25,9 @@ from slicer.util import VTKObservationMixin
 
 from UNETRPlusPlusLib import dependencies, modelstore, sampledata, selftest
 from UNETRPlusPlusLib.errors import ModuleError
-from UNETRPlusPlusLib.logic import ModelManager, SegmentationLogic, resolve_model, scene_volumes
+from UNETRPlusPlusLib.modeltasks import ModelManager
+from UNETRPlusPlusLib.scene import scene_volumes
+from UNETRPlusPlusLib.segment import SegmentationLogic, resolve_model
 from UNETRPlusPlusLib.parameters import Parameters, parameter_node
 from UNETRPlusPlusLib.process import GpuProbe
 from UNETRPlusPlusLib.remote_panel import ServerPanel
@@ -362,7 +364,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             run, self.run = self.run, None
             if run.error is not None:
                 self.state.finish_run(error=str(run.error))
-                if run.error.kind != "cancelled":
+                if run.error.category != "cancelled":
                     slicer.util.errorDisplay(str(run.error), windowTitle=_("UNETR++"), detailedText=run.error.details or None)
             else:
                 result = run.result
@@ -387,8 +389,8 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.task = None
         if task.error is not None:
             self.state.finish_run(error=str(task.error))
-            if task.error.kind != "cancelled":
-                slicer.util.errorDisplay(str(task.error), windowTitle=_("UNETR++"))
+            if task.error.category != "cancelled":
+                slicer.util.errorDisplay(str(task.error), windowTitle=_("UNETR++"), detailedText=task.error.details or None)
         else:
             self.state.finish_run(message=_("Installed model at {path}").format(path=task.installed_path))
             if task.installed_path:
@@ -468,7 +470,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
 
 class UNETRPlusPlusLogic(ScriptedLoadableModuleLogic, SegmentationLogic):
-    """The module logic (see UNETRPlusPlusLib/logic.py for the implementation)."""
+    """The module logic (UNETRPlusPlusLib/segment.py; scene helpers in scene.py, background tasks in tasks.py)."""
 
     def __init__(self):
         ScriptedLoadableModuleLogic.__init__(self)

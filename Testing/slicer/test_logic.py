@@ -17,8 +17,9 @@ import slicer
 import vtk
 from slicer_support import load_volume
 
-from UNETRPlusPlusLib.errors import InputError, ModelError, ModuleError, WorkerError
-from UNETRPlusPlusLib.logic import SegmentationLogic, resolve_model, scene_snapshot, scene_volumes
+from UNETRPlusPlusLib.errors import CancelledByUser, InputError, ModelError, ModuleError, WorkerError, event_category
+from UNETRPlusPlusLib.scene import read_segmentation, scene_snapshot, scene_volumes
+from UNETRPlusPlusLib.segment import SegmentationLogic, resolve_model
 from unetrpp.terminology import slicer_terminology_string as terminology_string
 from UNETRPlusPlusLib.state import GuiState
 
@@ -222,7 +223,7 @@ def test_result_is_the_engines_seg_nrrd_and_must_lie_on_the_input_grid(scene, da
     path = tmp_path / "result.seg.nrrd"
     write_seg_nrrd(image.with_array(labels), manifest, path)
     staging = slicer.vtkMRMLScene()
-    seg = SegmentationLogic._read_segmentation(staging, path, ct)
+    seg = read_segmentation(staging, path, ct)
     got = segments(seg)
     assert [sid for sid, _ in got] == [f"label_{l.value}" for l in manifest.labels]
     assert [s.GetName() for _, s in got] == [l.name for l in manifest.labels]
@@ -234,7 +235,7 @@ def test_result_is_the_engines_seg_nrrd_and_must_lie_on_the_input_grid(scene, da
     shifted = dataclasses.replace(image.with_array(labels), origin=tuple(o + 5.0 for o in image.origin))
     write_seg_nrrd(shifted, manifest, tmp_path / "shifted.seg.nrrd")
     with pytest.raises(WorkerError, match="does not match the input volume"):
-        SegmentationLogic._read_segmentation(slicer.vtkMRMLScene(), tmp_path / "shifted.seg.nrrd", ct)
+        read_segmentation(slicer.vtkMRMLScene(), tmp_path / "shifted.seg.nrrd", ct)
 
 
 def test_oblique_volume_geometry(scene, logic, data_dir, tmp_path):
@@ -285,7 +286,7 @@ def test_failed_sha256_gives_clear_error_and_no_nodes(scene, logic, data_dir, sy
     run = logic.start(bad, {"ct": ct}, fast=True)
     with pytest.raises(ModelError) as info:
         run.wait(timeout=TIMEOUT)
-    assert info.value.kind == "integrity" and "SHA256" in str(info.value) and "install it again" in str(info.value)
+    assert info.value.category == "model" and "SHA256" in str(info.value) and "install it again" in str(info.value)
     assert scene_snapshot(scene) == before and not run.workdir.exists()
 
 
@@ -303,12 +304,14 @@ def test_corrupt_manifest(scene, logic, data_dir, synapse_pkg, tmp_path):
     (broken / "model.json").write_text(json.dumps(manifest))
     with pytest.raises(ModelError) as info:
         logic.segment(broken, {"ct": ct}, fast=True, timeout=TIMEOUT)
-    assert info.value.kind == "corrupt-model" and "target_spacing" in str(info.value)
+    assert info.value.category == "model" and "target_spacing" in str(info.value)
     assert scene_snapshot(scene) == before
 
 
 CRASH = "import os, signal; print('{\"event\": \"stage\", \"stage\": \"read\", \"message\": \"x\"}', flush=True); os.kill(os.getpid(), signal.SIGSEGV)"
-OOM_PY = "x = bytearray(1 << 62)"
+# the engine's own error event for a MemoryError (unetrpp.errors.classify), as the worker sends it
+OOM_PY = ("import json, sys; from unetrpp.errors import classify; "
+          "print(json.dumps({'event': 'error', **classify(MemoryError()).as_json()}), flush=True); sys.exit(2)")
 OOM_KILLED = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
 
 
@@ -317,7 +320,7 @@ OOM_KILLED = "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"
     [
         (CRASH, "crash", "crashed (stopped by signal 11)"),
         ("import sys; print('boom', file=sys.stderr); sys.exit(3)", "crash", "crashed (exit code 3)"),
-        (OOM_PY, "out-of-memory", "ran out of memory"),
+        (OOM_PY, "resource", "out of memory"),
         (OOM_KILLED, "out-of-memory", "killed by the system"),
     ],
 )

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from UNETRPlusPlusLib import modelstore
-from UNETRPlusPlusLib.errors import ModelError
-from UNETRPlusPlusLib.logic import ModelManager
+from UNETRPlusPlusLib.errors import ModelError, ModuleError
+from UNETRPlusPlusLib.modeltasks import ModelManager
 from UNETRPlusPlusLib.state import GuiState
 
 pytestmark = pytest.mark.slicer
@@ -92,7 +92,7 @@ def test_download_failing_sha256_installs_nothing(home, tmp_path, served, monkey
     task = ModelManager().download("synapse-tiny-test")
     with pytest.raises(ModelError) as info:
         task.wait(timeout=60)
-    assert info.value.kind == "integrity" and "SHA256" in str(info.value)
+    assert info.value.category == "model" and "SHA256" in str(info.value)
     assert modelstore.installed_models() == []
     assert not (home / "downloads").exists() or not any((home / "downloads").iterdir())  # created folders go too
 
@@ -102,8 +102,9 @@ def test_install_from_file_folder_zip_and_corrupt(home, tmp_path, synapse_pkg, s
     manager = ModelManager()
     assert manager.install_from_file(synapse_pkg).wait(timeout=60).name == "synapse-tiny-test"
     again = manager.install_from_file(archive)
-    with pytest.raises(ModelError, match="already installed"):
+    with pytest.raises(ModuleError, match="already installed") as info:
         again.wait(timeout=60)
+    assert info.value.category == "output"
     assert manager.install_from_file(archive, overwrite=True).wait(timeout=60).is_dir()
     bad = tmp_path / "bad"
     shutil.copytree(synapse_pkg, bad)
@@ -113,7 +114,7 @@ def test_install_from_file_folder_zip_and_corrupt(home, tmp_path, synapse_pkg, s
     ModelManager.remove("synapse-tiny-test")
     with pytest.raises(ModelError) as info:
         manager.install_from_file(bad).wait(timeout=60)
-    assert info.value.kind == "integrity"
+    assert info.value.category == "model" and "SHA256" in str(info.value) and "Nothing was installed" in str(info.value)
     assert modelstore.installed_models() == []
     checkpoint = tmp_path / "model_final_checkpoint.model"
     checkpoint.write_bytes(b"not really")

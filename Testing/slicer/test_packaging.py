@@ -118,7 +118,9 @@ def test_module_sources_compile_and_lib_imports_without_qt_or_torch():
     code = (
         "import sys; sys.path.insert(0, sys.argv[1]);"
         "import UNETRPlusPlusLib.logic, UNETRPlusPlusLib.state, UNETRPlusPlusLib.parameters,"
-        " UNETRPlusPlusLib.dependencies, UNETRPlusPlusLib.modelstore, UNETRPlusPlusLib.process;"
+        " UNETRPlusPlusLib.dependencies, UNETRPlusPlusLib.modelstore, UNETRPlusPlusLib.process,"
+        " UNETRPlusPlusLib.scene, UNETRPlusPlusLib.tasks, UNETRPlusPlusLib.segment, UNETRPlusPlusLib.modeltasks,"
+        " UNETRPlusPlusLib.terminologies;"
         "bad = [m for m in ('qt', 'ctk', 'torch', 'jsonschema', 'safetensors', 'unetrpp.package', 'PythonQt')"
         " if m in sys.modules];"
         "bad += [m for m in ('unetrpp.manifest', 'unetrpp.catalogue', 'unetrpp.terminology') if m not in sys.modules];"

@@ -17,7 +17,8 @@ import pytest
 from slicer_support import load_volume
 
 from UNETRPlusPlusLib.errors import WorkerError
-from UNETRPlusPlusLib.logic import SegmentationLogic, scene_snapshot
+from UNETRPlusPlusLib.scene import scene_snapshot
+from UNETRPlusPlusLib.segment import SegmentationLogic
 from UNETRPlusPlusLib.process import STOP_GRACE_S, WorkerProcess, engine_environment, supervised
 
 psutil = pytest.importorskip("psutil")

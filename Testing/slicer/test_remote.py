@@ -12,7 +12,7 @@ from slicer_support import load_volume
 from support.server import Server, TOKENS, write_tokens
 
 from UNETRPlusPlusLib import remote
-from UNETRPlusPlusLib.logic import SegmentationLogic
+from UNETRPlusPlusLib.segment import SegmentationLogic
 from UNETRPlusPlusLib.process import engine_environment
 
 DATA_CT = "ct/example_ct_sm.nii.gz"

@@ -14,7 +14,8 @@ import pytest
 from slicer_support import load_volume
 
 from UNETRPlusPlusLib import sampledata, selftest
-from UNETRPlusPlusLib.logic import SegmentationLogic, scene_snapshot
+from UNETRPlusPlusLib.scene import scene_snapshot
+from UNETRPlusPlusLib.segment import SegmentationLogic
 
 pytestmark = pytest.mark.slicer
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +62,7 @@ def test_self_test_segments_the_sample_with_the_demo_model(scene, tmp_path):
     logic = SegmentationLogic(scene)
     before = len(scene_snapshot(scene))
     result, scores = selftest.run(logic, ct, timeout=600)
-    from UNETRPlusPlusLib.logic import resolve_model
+    from UNETRPlusPlusLib.segment import resolve_model
 
     names = [result.segmentation_node.GetSegmentation().GetNthSegment(i).GetName()
              for i in range(result.segmentation_node.GetSegmentation().GetNumberOfSegments())]

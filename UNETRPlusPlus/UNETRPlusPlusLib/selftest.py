@@ -55,7 +55,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def run(logic: Any, ct_node: Any, timeout: float = 600) -> tuple[Any, dict[str, float]]:
     """Segment `ct_node` with the demo model; returns (result, Dice of every labelled segment)."""
-    from .logic import resolve_model
+    from .segment import resolve_model
 
     model = resolve_model(DEMO_MODEL)
     result = logic.segment(DEMO_MODEL, {model.inputs[0].name: ct_node}, fast=True, timeout=timeout)

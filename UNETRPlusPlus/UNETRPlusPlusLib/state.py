@@ -97,27 +97,35 @@ def alias_score(text: str, model_input: ModelInput) -> int:
     return best
 
 
-def volume_problem(volume: VolumeInfo, model_input: ModelInput | None = None) -> str | None:
-    """Why this volume cannot be an input (None when it can)."""
+def volume_check(volume: VolumeInfo, model_input: ModelInput | None = None) -> tuple[str, str] | None:
+    """(kind, reason) when this volume cannot be an input, else None. Kinds: "labelmap", "not-3d"
+    (2D, or several values per voxel), "empty", "modality"."""
     if volume.is_labelmap:
-        return f"'{volume.name}' is a labelmap (a segmentation), not an image; choose the scan itself"
+        return "labelmap", f"'{volume.name}' is a labelmap (a segmentation), not an image; choose the scan itself"
     dims = tuple(int(d) for d in volume.dimensions)
     if volume.components != 1:
-        return (
+        return "not-3d", (
             f"'{volume.name}' has {volume.components} values per voxel (a colour, vector or 4D volume); "
             "the model needs a single 3D scalar volume per input"
         )
     if len(dims) != 3 or any(d < 1 for d in dims):
-        return f"'{volume.name}' has no image data"
+        return "empty", f"'{volume.name}' has no image data"
     if sum(d > 1 for d in dims) < 3:
-        return f"'{volume.name}' is a 2D image ({' x '.join(map(str, dims))} voxels); the model needs a 3D volume"
+        return "not-3d", (f"'{volume.name}' is a 2D image ({' x '.join(map(str, dims))} voxels); "
+                          "the model needs a 3D volume")
     if model_input is not None and volume.modality and model_input.modality:
         if volume.modality.upper() != model_input.modality.upper() and volume.modality.upper() in ("CT", "MR"):
-            return (
+            return "modality", (
                 f"'{volume.name}' is a {volume.modality} scan but input '{model_input.name}' of this model "
                 f"expects {model_input.modality}"
             )
     return None
+
+
+def volume_problem(volume: VolumeInfo, model_input: ModelInput | None = None) -> str | None:
+    """Why this volume cannot be an input (None when it can)."""
+    found = volume_check(volume, model_input)
+    return found[1] if found else None
 
 
 def auto_assign(
