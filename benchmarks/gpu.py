@@ -119,6 +119,20 @@ def samples(y: torch.Tensor, k: int = 4096) -> np.ndarray:
     return flat[torch.from_numpy(idx)].double().numpy()
 
 
+def hardware_lacks(exc: RuntimeError) -> str | None:
+    """The reason to skip a precision mode this processor cannot run, or None for any other error.
+
+    oneDNN's reduced-precision CPU kernels exist only where the instruction set has them: the float16
+    convolution needs AVX-512 FP16 or AVX-NE-CONVERT ("mkldnn_convolution: fp16 path needs the cpu
+    support avx_ne_convert or avx512_fp16" on an AMD EPYC with AVX-512 BF16 but without FP16), and the
+    bfloat16 one AVX-512 BF16 or its emulation. The engine never runs float16 on a CPU; the dry run
+    does only to exercise the kit's code paths, so a missing instruction is a skip with its reason."""
+    text = str(exc)
+    if "needs the cpu support" in text or "cpu support" in text and "path needs" in text:
+        return f"hardware: this processor lacks the instructions for it ({text.strip().splitlines()[0][:200]})"
+    return None
+
+
 # Sections --------------------------------------------------------------------------------------
 class Kit:
     def __init__(self, args: argparse.Namespace) -> None:
@@ -213,6 +227,13 @@ class Kit:
                     with torch.inference_mode(), torch.autocast(self.device.type, dtype=amp or torch.float32,
                                                                 enabled=amp is not None):
                         y, seconds = timed(self.device, lambda: module(x))
+                except RuntimeError as exc:
+                    missing = hardware_lacks(exc)
+                    if missing is None:
+                        raise
+                    self.results["skipped"][f"parity/{variant}/{kind}-{precision}"] = missing
+                    log.warning("parity %s %s-%s skipped: %s", variant, kind, precision, missing)
+                    continue
                 finally:
                     torch.backends.cudnn.allow_tf32 = tf32
                 finite = bool(torch.isfinite(y).all())

@@ -1,5 +1,6 @@
 """Official checkpoints (torch.save dicts with numpy scalars, optional `module.` prefix) import as
-model packages; unsafe pickles are refused without being executed."""
+model packages, whichever numpy wrote them (the published ones: numpy 1.x); unsafe pickles are refused
+without being executed."""
 
 from __future__ import annotations
 
@@ -16,7 +17,11 @@ import unetrpp
 from unetrpp.errors import CheckpointError
 from unetrpp.network import build_network
 from unetrpp.network.deterministic import set_deterministic_weights
-from unetrpp.official import import_official_checkpoint
+from unetrpp.official import _numpy_safe_globals, import_official_checkpoint, read_official_checkpoint
+from support.official_checkpoint import (pickle_bytes, pickle_globals, save_as_numpy1,
+                                         write_numpy1_official_checkpoint)
+
+NUMPY1_FIXTURE = "official_checkpoint_structure_numpy1.model"  # ../shared/parity/README.md
 
 
 def write_official_checkpoint(path, variant, prefix="", drop=(), dtype=torch.float32):
@@ -37,16 +42,51 @@ def write_official_checkpoint(path, variant, prefix="", drop=(), dtype=torch.flo
     return net
 
 
+def test_the_official_container_written_by_numpy1_is_read(parity_dir):
+    """The shared fixture: the container of the published checkpoints, written by numpy 1.26.4."""
+    fixture = parity_dir / NUMPY1_FIXTURE
+    assert "numpy.core.multiarray scalar" in pickle_globals(fixture)  # the numpy-1 name
+    ckpt = read_official_checkpoint(fixture)
+    assert list(ckpt["state_dict"]) == ["encoder1.weight", "encoder1.num_batches_tracked"]  # DDP prefix gone
+    torch.testing.assert_close(ckpt["state_dict"]["encoder1.weight"], torch.arange(6, dtype=torch.float32).reshape(2, 3))
+    assert ckpt["epoch"] == 1000 and all(isinstance(v, np.float64) for v in ckpt["plot_stuff"][0])
+
+
+def test_numpy1_writer_of_the_tests_gives_the_bytes_numpy1_wrote(parity_dir):
+    """support.official_checkpoint writes what numpy 1.x writes: re-saving the fixture's objects with it
+    (under this numpy, 2.x) reproduces the fixture's pickle byte for byte; plain torch.save does not."""
+    fixture = parity_dir / NUMPY1_FIXTURE
+    with torch.serialization.safe_globals(_numpy_safe_globals()):
+        raw = torch.load(fixture, map_location="cpu", weights_only=True)
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        again, plain = Path(tmp) / "numpy1.model", Path(tmp) / "plain.model"
+        save_as_numpy1(raw, again)
+        torch.save(raw, plain)
+        assert pickle_bytes(again) == pickle_bytes(fixture)
+        if np.__version__.startswith("2."):
+            assert "numpy._core.multiarray scalar" in pickle_globals(plain)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", ["synapse", "acdc", "brats", "lung"])
-def test_import_each_variant_keeps_every_weight(tmp_path, variant):
+def test_full_size_official_checkpoints_written_by_numpy1_import_through_the_cli(tmp_path, variant):
+    """Every variant, full size, in the published container (numpy-1 pickle, DDP prefix), through
+    `unetrpp import-official`: every weight arrives unchanged."""
     ckpt = tmp_path / "model_final_checkpoint.model"
-    net = write_official_checkpoint(ckpt, variant, prefix="module." if variant == "acdc" else "")
-    out = import_official_checkpoint(ckpt, variant, tmp_path / "pkg")
+    net = write_numpy1_official_checkpoint(ckpt, variant, prefix="module." if variant != "brats" else "")
+    assert "numpy.core.multiarray scalar" in pickle_globals(ckpt)
+    out = tmp_path / "pkg"
+    done = subprocess.run([sys.executable, "-m", "unetrpp", "import-official", "--variant", variant, str(ckpt),
+                           "-o", str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    ckpt.unlink()  # full-size files: keep the temporary folder small
     model = unetrpp.load(out)
-    loaded = model.network.state_dict()
-    for k, v in loaded.items():
-        assert torch.equal(v, net.state_dict()[k]), k
+    expected = net.state_dict()
+    for k, v in model.network.state_dict().items():
+        assert torch.equal(v, expected[k]), k
     m = model.manifest
     assert m.data["provenance"]["source"] == "official-checkpoint"
     assert m.data["provenance"]["epochs"] == 1000
@@ -92,12 +132,22 @@ class _Exploit:
         return (open, (self.marker, "w"))
 
 
-def test_checkpoint_needing_arbitrary_unpickling_is_refused_and_not_run(tmp_path):
+@pytest.mark.parametrize("writer", [torch.save, save_as_numpy1], ids=["numpy2-pickle", "numpy1-pickle"])
+def test_checkpoint_needing_arbitrary_unpickling_is_refused_and_not_run(tmp_path, writer):
     marker = tmp_path / "pwned"
     ckpt = tmp_path / "evil.model"
-    torch.save({"state_dict": {"a": torch.zeros(1)}, "payload": _Exploit(str(marker))}, ckpt)
-    with pytest.raises(CheckpointError, match="refused"):
+    writer({"state_dict": {"a": torch.zeros(1)}, "plot_stuff": [np.float64(0.5)], "payload": _Exploit(str(marker))},
+           ckpt)
+    with pytest.raises(CheckpointError, match="refused") as info:
         import_official_checkpoint(ckpt, "synapse", tmp_path / "pkg")
+    assert not marker.exists() and not (tmp_path / "pkg").exists()
+    message = str(info.value)
+    # says what was found, and that this file is not an official checkpoint as published
+    assert "open`" in message and "not an official checkpoint as published" in message
+    assert "get the file from the official release" not in message
+    done = subprocess.run([sys.executable, "-m", "unetrpp", "import-official", "--variant", "synapse", str(ckpt),
+                           "-o", str(tmp_path / "pkg")], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.startswith("error: refused") and "Traceback" not in done.stderr
     assert not marker.exists()
 
 

@@ -25,6 +25,7 @@ from unetrpp.network.deterministic import set_deterministic_weights
 from unetrpp.official import import_official_checkpoint
 from unetrpp.pipeline import SegmentOptions, segment
 from unetrpp.preprocess import preprocess
+from support.official_checkpoint import official_container, save_as_numpy1
 
 CASES = ["synapse_ct_crop", "synapse_ct_mirror", "tumor_mri_resampled"]
 MRI_FILES = {"flair": "input_flair", "t1": "input_t1", "t1gd": "input_t1gd", "t2": "input_t2"}
@@ -38,7 +39,8 @@ def official_packages(tmp_path_factory):
     for variant in ("synapse", "brats"):
         net = set_deterministic_weights(build_network(variant, deep_supervision=True).double()).float()
         ckpt = root / f"{variant}_model_final_checkpoint.model"
-        torch.save({"epoch": 1000, "state_dict": {"module." + k: v for k, v in net.state_dict().items()}}, ckpt)
+        # the published container (numpy-1 pickle of nnU-Net v1's save_checkpoint), as a user downloads it
+        save_as_numpy1(official_container({"module." + k: v for k, v in net.state_dict().items()}), ckpt)
         out[variant] = load(import_official_checkpoint(ckpt, variant, root / variant))
         del net
     return out

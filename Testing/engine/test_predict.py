@@ -295,7 +295,9 @@ def test_model_optimized_is_the_fast_module_with_the_faithful_output(small_packa
     with torch.no_grad():
         expected = model.network(x)
     got = fast(x)
-    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-5
+    # float32 with folded convolutions and other kernels: the project's float32 parity bound (as in
+    # test_network_fast). Measured 2.0e-5 on an AMD EPYC (AVX2 kernels), below 1e-5 on AVX-512 Intel.
+    assert float((got - expected).abs().max() / expected.abs().max()) < 1e-4
 
 
 def test_model_predict_uses_the_package_defaults_and_the_fast_network(small_package):

@@ -28,13 +28,33 @@ log = logging.getLogger(__name__)
 
 
 def _numpy_safe_globals() -> list[Any]:
-    """numpy types an official checkpoint may contain (scalars in plot_stuff/best_stuff)."""
-    try:
-        from numpy._core.multiarray import _reconstruct, scalar  # numpy >= 2
-    except ImportError:  # pragma: no cover - numpy 1.x
-        from numpy.core.multiarray import _reconstruct, scalar  # type: ignore[no-redef]
-    dtypes = [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
-    return [scalar, _reconstruct, np.dtype, np.ndarray, *dtypes]
+    """The numpy objects an official checkpoint holds, under the names of numpy 1 and numpy 2.
+
+    The official checkpoints were written by nnU-Net v1 trainers (`network_trainer.save_checkpoint`)
+    under numpy 1.x (the official requirements pin 1.20.1): the metric values in `plot_stuff` and
+    `best_stuff` are numpy float64 scalars, pickled as `numpy.core.multiarray.scalar` with a
+    `numpy.dtype`. numpy 2 moved that module to `numpy._core.multiarray` (and pickles under the new
+    name), so the reader allows the same functions under both names (torch's safe_globals takes
+    `(object, "qualified.name")` pairs), whichever numpy runs here. `_reconstruct`/`ndarray` (a numpy
+    array, should a trainer have stored one) are allowed the same way; nothing else is.
+    """
+    core = getattr(np, "_core", None) or np.core  # numpy >= 2 / numpy 1.x (no np._core before 1.26)
+    multiarray = core.multiarray
+    allowed: list[Any] = [np.dtype, np.ndarray]
+    for name in ("scalar", "_reconstruct"):
+        function = getattr(multiarray, name)
+        allowed += [(function, f"{module}.{name}") for module in ("numpy.core.multiarray", "numpy._core.multiarray")]
+    allowed += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
+    return allowed
+
+
+def _unsupported_global(detail: str) -> str:
+    """The global that torch's weights-only unpickler refused, from its message ("the Python object
+    `os.system`"), or a general phrase when the message has another form."""
+    import re
+
+    match = re.search(r"Unsupported global: GLOBAL ([\w.]+)", detail)
+    return f"the Python object `{match.group(1)[:120]}`" if match else "a Python object"
 
 
 def read_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -49,11 +69,12 @@ def read_official_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         detail = str(exc)
         if "Unsupported global" not in detail and "GLOBAL" not in detail:
             raise CheckpointError(f"{path} is not a readable PyTorch checkpoint (corrupt or truncated?)") from None
-        unsafe = next((line.strip() for line in detail.splitlines() if "Unsupported global" in line), "")
+        found = _unsupported_global(detail)
         raise CheckpointError(
-            f"refused to load {path}: it contains Python objects beyond tensors, numbers and numpy "
-            "scalars, and loading them could run arbitrary code. Official UNETR++ checkpoints do "
-            f"not need this; get the file from the official release. ({unsafe[:200]})"
+            f"refused to load {path}: it asks to run {found}, which is not one of the tensors, numbers and "
+            "numpy scalars that an official UNETR++ checkpoint holds, and loading it could run arbitrary "
+            "code. This file is not an official checkpoint as published (an official one imports); if you "
+            "wrote it yourself, save only the state_dict (torch.save(model.state_dict(), path))."
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {exc}") from None

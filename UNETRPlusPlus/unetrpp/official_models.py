@@ -20,11 +20,13 @@ PAPER = (
     "Accurate 3D Medical Image Segmentation. arXiv:2212.04497 (2022)"
 )
 OFFICIAL_REPOSITORY = "https://github.com/Amshaker/unetr_plus_plus"
-# Where the authors publish each checkpoint (links in the official README, section "Evaluation").
+# Where the authors publish each checkpoint: the links of the official README at the pinned commit dcba1c6,
+# section "Evaluation" (README.md:169, :177, :187, :196). The Decathlon-Lung link is a SharePoint link there;
+# an older README revision had a Google Drive link that the authors replaced.
 OFFICIAL_CHECKPOINT_URLS = {
     "synapse": "https://drive.google.com/file/d/13JuLMeDQRR_a3c3tr2V2oav6I29fJoBa",
     "acdc": "https://drive.google.com/file/d/15YXiHai1zLc1ycmXaiSHetYbLGum3tV5",
-    "lung": "https://drive.google.com/file/d/1i4cccRlNQy-akNMxMOAR_A7qk0TKo9Ek",
+    "lung": "https://mbzuaiac-my.sharepoint.com/:u:/g/personal/abdelrahman_youssief_mbzuai_ac_ae/ETAlc8WTjV1BhZx7zwFpA8UBS4og6upb1qX2UKkypMoTjw?e=KfzAiG",
     "brats": "https://drive.google.com/file/d/1LiqnVKKv3DrDKvo6J0oClhIFirhaz5PG",
 }
 OFFICIAL_LICENSE = (
