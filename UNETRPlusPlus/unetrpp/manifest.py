@@ -35,8 +35,9 @@ from typing import IO, Any
 from .errors import ManifestError, PackageError
 from .network.config import NetworkConfig, NetworkConfigError
 
-#: The manifest schema version this engine reads and writes (`schema/model-v<N>.schema.json`).
-SCHEMA_VERSION = 1
+#: The manifest schema version this engine writes (`schema/model-v<N>.schema.json`). Older versions
+#: it still reads are validated against their own schema, then migrated (`MIGRATIONS`).
+SCHEMA_VERSION = 2
 #: The files of a model package (a folder or a zip).
 MANIFEST_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
@@ -204,6 +205,12 @@ class Manifest:
         return InferenceDefaults.from_dict(self.data["inference"])
 
     @property
+    def card(self) -> dict[str, Any]:
+        """The model card as data (`card`: training statistics, calibration; read by
+        `unetrpp.quality`); empty when the package has none (no reference)."""
+        return self.data.get("card") or {}
+
+    @property
     def weights_sha256(self) -> str:
         return self.data["weights"]["sha256"]
 
@@ -317,26 +324,45 @@ def _explain(error: Any) -> str:
     return message if len(message) <= 300 else message[:300] + "..."
 
 
+def _v1_to_v2(data: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 added the optional `card` (issue 19); a version-1 package has none: no reference."""
+    data["schema_version"] = 2
+    return data
+
+
+#: version -> function turning a validated document of that version into the next version.
+MIGRATIONS = {1: _v1_to_v2}
+#: every schema version this engine reads (older ones are migrated on load).
+READABLE_VERSIONS = (*sorted(MIGRATIONS), SCHEMA_VERSION)
+
+
+def migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """A validated document of any readable version, in place, as the current version."""
+    while data["schema_version"] != SCHEMA_VERSION:
+        data = MIGRATIONS[data["schema_version"]](data)
+    return data
+
+
 def validate_manifest(data: Any) -> dict[str, Any]:
-    """Validate against the schema; return a copy with defaults filled. Raises ManifestError
-    naming the first offending field."""
+    """Validate against the schema of its version; return a copy migrated to `SCHEMA_VERSION` with
+    defaults filled. Raises ManifestError naming the first offending field."""
     import jsonschema  # only here: listing models and the Slicer module never validate
 
     if not isinstance(data, dict):
         raise ManifestError("model.json must hold a JSON object")
     _check_depth(data)
     version = data.get("schema_version")
-    if version != SCHEMA_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ManifestError(
-            f"model.json field 'schema_version' is {version!r}; this version of unetrpp reads "
-            f"schema version {SCHEMA_VERSION}. Update unetrpp or re-export the package."
+            f"model.json field 'schema_version' is {reprlib.repr(version)}; this version of unetrpp reads "
+            f"schema version(s) {', '.join(map(str, READABLE_VERSIONS))}. Update unetrpp or re-export the package."
         )
     validator = jsonschema.Draft202012Validator(manifest_schema(version))
     errors = sorted(validator.iter_errors(data), key=lambda e: (len(e.absolute_path), str(e.absolute_path)))
     if errors:
         err = jsonschema.exceptions.best_match(errors) or errors[0]
         raise ManifestError(f"model.json field '{_field_path(err)}': {_explain(err)}")
-    out = copy.deepcopy(data)
+    out = migrate(copy.deepcopy(data))
     for section, defaults in (("plan", _defaults_of(Plan)), ("inference", _defaults_of(InferenceDefaults))):
         target = out.setdefault(section, {})
         for key, value in defaults.items():
@@ -363,10 +389,12 @@ def build_manifest(
     citation: str | None = None,
     regions: list[dict[str, Any]] | None = None,
     inference: dict[str, Any] | None = None,
+    card: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A manifest document (without the `weights` section, which `save_package` adds and then
     validates the whole). `inference` overrides single `InferenceDefaults` fields; the others are
-    written out with their defaults so the package states how it runs."""
+    written out with their defaults so the package states how it runs. `card` is the model card as
+    data (`unetrpp.quality.card` builds it)."""
     architecture = network.to_dict() if isinstance(network, NetworkConfig) else dict(network)
     manifest: dict[str, Any] = {"schema_version": SCHEMA_VERSION, "name": name, "version": version}
     if title is not None:
@@ -388,6 +416,8 @@ def build_manifest(
     })
     if regions:
         manifest["regions"] = copy.deepcopy(regions)
+    if card:
+        manifest["card"] = copy.deepcopy(card)
     return manifest
 
 

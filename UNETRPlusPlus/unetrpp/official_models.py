@@ -13,6 +13,7 @@ from typing import Any
 
 from .manifest import build_manifest
 from .network import variant_config
+from .quality.card import official_card
 from .terminology import LEFT, MORPHOLOGICALLY_ALTERED, RIGHT, terminology
 
 PAPER = (
@@ -152,5 +153,5 @@ def official_manifest(variant: str, name: str | None = None, version: str = "1.0
         name=name or f"{cfg.variant}-official", version=version, title=spec["title"],
         description=spec["description"], license=OFFICIAL_LICENSE, citation=PAPER, network=cfg,
         inputs=spec["inputs"], plan=spec["plan"], labels=spec["labels"], regions=spec.get("regions"),
-        provenance=provenance,
+        provenance=provenance, card=official_card(spec["inputs"], spec["plan"]),
     )
