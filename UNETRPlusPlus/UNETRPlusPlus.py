@@ -33,6 +33,7 @@ from UNETRPlusPlusLib.process import GpuProbe
 from UNETRPlusPlusLib.remote_panel import ServerPanel
 from UNETRPlusPlusLib.state import MAX_INPUT_SELECTORS, GuiState, device_choices, official_variant_choice
 from UNETRPlusPlusLib.terminologies import load_terminology
+from UNETRPlusPlusLib.training_panel import TrainingPanel
 
 CITATION = (
     "Shaker A, Maaz M, Rasheed H, Khan S, Yang M-H, Khan FS. UNETR++: Delving into Efficient and "
@@ -94,6 +95,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.params = None
         self.run = None
         self.task = None
+        self.taskDone = None  # what to do with the task's result
         self._updating = False
         self._observingParams = None
         self._writingParams = False  # our own writes to the parameter node are not news to us
@@ -110,6 +112,8 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Process on: this computer / server (remote_panel.py); a server run also needs httpx
         self.serverPanel = ServerPanel(self.layout, on_change=self.onProcessOnChanged)
         self.ui = slicer.util.childWidgetVariables(ui_widget)
+        # "Improve the model": add corrected cases, fine-tune (training_panel.py, logic in training.py)
+        self.trainingPanel = None
         ui_widget.setMRMLScene(slicer.mrmlScene)
         self.logic = UNETRPlusPlusLogic()
         self.models = ModelManager()
@@ -141,11 +145,14 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.state.missing_dependencies = dependencies.missing_packages(remote=self.serverPanel.settings().remote)
         self.refreshModels()
+        self.trainingPanel = TrainingPanel(self.layout, self)
 
     def cleanup(self):
         self.timer.stop()
         if self.run is not None and not self.run.done:
             self.run.cancel()
+        if self.task is not None and not self.task.done:
+            self.task.cancel()
         self.removeObservers()
 
     def enter(self):
@@ -210,7 +217,9 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setDeviceChoices(gpus)
 
     # State -> widgets ----------------------------------------------------------------------------
-    def refreshModels(self, *args):
+    def refreshModels(self, *args, select=None):
+        if select:
+            self.state.model_name = select
         self.state.set_models(modelstore.available_models())
         self._updating = True
         self.ui.modelSelector.clear()
@@ -277,6 +286,16 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 w.enabled = not self.state.running
         finally:
             self._updating = False
+        if self.trainingPanel is not None:
+            self.trainingPanel.update()
+
+    def currentInputs(self):
+        """The volume node chosen for each input of the current model."""
+        return {spec.name: slicer.mrmlScene.GetNodeByID(self.state.assignments.get(spec.name, ""))
+                for spec in self.state.required_inputs()}
+
+    def taskRunning(self):
+        return self.task is not None or (self.run is not None and not self.run.done)
 
     def appendLog(self):
         text = "\n".join(self.state.log)
@@ -324,6 +343,11 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     # Segment / cancel ------------------------------------------------------------------------------
     def onSegmentClicked(self):
+        if self.task is not None:  # the button reads "Cancel" while a download or fine-tune runs
+            self.state.cancelling = True
+            self.task.request_cancel()
+            self.updateGUI()
+            return
         if self.run is not None and not self.run.done:
             # ask the engine's whole process tree to stop; the timer finishes the run once every
             # process is gone (within about a second), the GUI never waits for it
@@ -331,8 +355,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.run.request_cancel()
             self.updateGUI()
             return
-        inputs = {spec.name: slicer.mrmlScene.GetNodeByID(self.state.assignments.get(spec.name, ""))
-                  for spec in self.state.required_inputs()}
+        inputs = self.currentInputs()
         self.state.start_run()
         try:
             self.serverPanel.apply_to(self.logic)  # local worker, or the same worker with --server
@@ -371,39 +394,45 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.state.finish_run(message=_("Done in {seconds} s: {name}").format(
                     seconds=f"{result.seconds:.1f}", name=result.segmentation_node.GetName()))
                 self.ui.outputSelector.setCurrentNode(result.segmentation_node)
+                self.trainingPanel.segmentationSelector.setCurrentNode(result.segmentation_node)
                 slicer.util.setSliceViewerLayers(background=run.reference, fit=False)
         self.updateGUI()
         self.appendLog()
 
-    # Models -----------------------------------------------------------------------------------------
-    def _startTask(self, task):
-        self.task = task
+    # Background tasks (model install, fine-tune) ------------------------------------------------------
+    def startTask(self, task, on_done):
+        """Run a BackgroundTask (UNETRPlusPlusLib/tasks.py) with the shared progress, log and timer;
+        `on_done(result)` when it succeeds."""
+        self.task, self.taskDone = task, on_done
         self.state.start_run()
         self.timer.start()
         self.updateGUI()
 
     def pollTask(self):
-        task = self.task
+        task, on_done = self.task, self.taskDone
         if not task.poll():
             return
-        self.task = None
+        self.task = self.taskDone = None
         if task.error is not None:
             self.state.finish_run(error=str(task.error))
             if task.error.category != "cancelled":
                 slicer.util.errorDisplay(str(task.error), windowTitle=_("UNETR++"), detailedText=task.error.details or None)
         else:
-            self.state.finish_run(message=_("Installed model at {path}").format(path=task.installed_path))
-            if task.installed_path:
-                self.state.model_name = task.installed_path.name
-            self.refreshModels()
+            self.state.finish_run(message=_("{what}: done in {seconds} s").format(
+                what=task.what, seconds=f"{task.seconds:.0f}"))
+            on_done(task.result)
         self.updateGUI()
         self.appendLog()
+
+    def onInstalled(self, path):
+        self.state.log.append(_("Installed model at {path}").format(path=path))
+        self.refreshModels(select=path.name if path else None)
 
     def onDownloadModel(self):
         model = self.state.model
         if model is None or self.task is not None:
             return
-        self._startTask(self.models.download(model.name, on_event=self.state.apply_event))
+        self.startTask(self.models.download(model.name, on_event=self.state.apply_event), self.onInstalled)
 
     def onInstallFromFile(self):
         path = qt.QFileDialog.getOpenFileName(
@@ -429,7 +458,8 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if variant is None:  # cancelled: nothing is installed
                 return
         try:
-            self._startTask(self.models.install_from_file(path, official_variant=variant, on_event=self.state.apply_event))
+            self.startTask(self.models.install_from_file(path, official_variant=variant, on_event=self.state.apply_event),
+                           self.onInstalled)
         except ModuleError as exc:
             slicer.util.errorDisplay(str(exc), windowTitle=_("UNETR++"))
 

@@ -83,6 +83,10 @@ def test_ranges_match_pyproject():
         assert core.get(name) == requirement, (name, core.get(name), requirement)
     assert "monai" not in core
     assert any(d.startswith("monai") for d in project["optional-dependencies"]["train"])
+    train = {d.split(">")[0].strip(): d.split("#")[0].replace(" ", "") for d in project["optional-dependencies"]["train"]}
+    for name, requirement in dependencies.TRAINING_REQUIREMENTS.items():  # asked for only to fine-tune
+        assert train.get(name) == requirement, (name, train.get(name), requirement)
+        assert name not in dependencies.requirements(remote=True) and name in dependencies.requirements(training=True)
 
 
 def test_an_installed_torch_outside_the_range_counts_as_missing():

@@ -53,6 +53,9 @@ def test_every_python_file_and_resource_is_in_cmake():
     # the bundled demo model is installed as a whole folder beside the catalogue
     assert "../Resources/models)" in text and "install(DIRECTORY ${_bundled_models}" in text
     assert (REPO / "Resources" / "models" / "demo-abdomen-ct" / "model.json").is_file()
+    # the training package (case sets, fine-tune) is installed beside the engine, on the module's path
+    assert "../Training/unetrpp_train)" in text and "install(DIRECTORY ${_training}" in text
+    assert (REPO / "Training" / "unetrpp_train" / "caseset.py").is_file()
 
 
 def test_extension_metadata():

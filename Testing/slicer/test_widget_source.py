@@ -61,3 +61,28 @@ def test_user_visible_strings_are_translatable():
     assert not untranslated, untranslated
     init = ast.unparse(method("UNETRPlusPlus", "__init__"))
     assert 'self.parent.title = _(' in init and "translate('qSlicerAbstractCoreModule'" in init
+
+
+PANELS = [SOURCE.parent / "UNETRPlusPlusLib" / name for name in ("training_panel.py", "remote_panel.py")]
+TEXT_ATTRIBUTES = ("text", "toolTip", "placeholderText", "windowTitle")
+TEXT_CALLS = ("QPushButton", "QLabel", "addRow", "addItem", "setHorizontalHeaderLabels", "errorDisplay")
+
+
+@pytest.mark.parametrize("path", [SOURCE, *PANELS], ids=lambda p: p.name)
+def test_panel_texts_are_translatable(path):
+    """Every text a user reads in the panels (labels, buttons, tool tips, placeholders, table
+    headers, messages) goes through _() (slicer.i18n.tr in Slicer)."""
+    tree = ast.parse(path.read_text())
+    untranslated = []
+    for node in ast.walk(tree):
+        values = []
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr in TEXT_ATTRIBUTES
+                                                for t in node.targets):
+            values = [node.value]
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in TEXT_CALLS:
+            values = [*node.args[:1], *(e for a in node.args[:1] if isinstance(a, ast.List) for e in a.elts)]
+        for value in values:
+            if isinstance(value, (ast.Constant, ast.JoinedStr)) and (not isinstance(value, ast.Constant)
+                                                                    or (isinstance(value.value, str) and value.value.strip())):
+                untranslated.append(f"{path.name}:{node.lineno}: {ast.unparse(node)[:80]}")
+    assert not untranslated, untranslated

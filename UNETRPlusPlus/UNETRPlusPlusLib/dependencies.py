@@ -35,13 +35,17 @@ REQUIREMENTS = {
 }
 # Remote runs ("Process on: a segmentation server", remote.py): the worker talks HTTP to the server.
 REMOTE_REQUIREMENTS = {"httpx": "httpx>=0.27,<1"}
+# Fine-tuning from the module (training.py: `unetrpp-train finetune`): the training transforms and
+# losses. Asked for only when the user fine-tunes; segmenting never needs it.
+TRAINING_REQUIREMENTS = {"monai": "monai>=1.3,<1.7"}
 # Bundled with Slicer: never installed, upgraded or replaced by this module.
 PROTECTED = ("numpy", "SimpleITK", "vtk")
 
 
-def requirements(remote: bool = False) -> dict[str, str]:
-    """What the module needs: inference, plus the HTTP client when it processes on a server."""
-    return {**REQUIREMENTS, **(REMOTE_REQUIREMENTS if remote else {})}
+def requirements(remote: bool = False, training: bool = False) -> dict[str, str]:
+    """What the module needs: inference, plus the HTTP client when it processes on a server, plus
+    MONAI when it fine-tunes."""
+    return {**REQUIREMENTS, **(REMOTE_REQUIREMENTS if remote else {}), **(TRAINING_REQUIREMENTS if training else {})}
 
 
 def version_problem(name: str, version: Callable[[str], str] = importlib.metadata.version) -> str:
@@ -52,7 +56,7 @@ def version_problem(name: str, version: Callable[[str], str] = importlib.metadat
         from packaging.version import InvalidVersion, Version  # noqa: PLC0415
     except ImportError:
         return ""
-    requirement = Requirement(requirements(remote=True)[name])
+    requirement = Requirement(requirements(remote=True, training=True)[name])
     try:
         installed = version(requirement.name)
         if Version(installed) in requirement.specifier:
@@ -62,9 +66,10 @@ def version_problem(name: str, version: Callable[[str], str] = importlib.metadat
     return f"{requirement.name} {installed} is installed; UNETR++ needs {requirement.specifier}"
 
 
-def missing_packages(find_spec: Callable[[str], Any] = importlib.util.find_spec, remote: bool = False) -> list[str]:
+def missing_packages(find_spec: Callable[[str], Any] = importlib.util.find_spec, remote: bool = False,
+                     training: bool = False) -> list[str]:
     """Packages to install: not importable, or installed in a version outside the range."""
-    return [name for name in requirements(remote) if find_spec(name) is None or version_problem(name)]
+    return [name for name in requirements(remote, training) if find_spec(name) is None or version_problem(name)]
 
 
 def describe_missing(missing: list[str]) -> str:
@@ -103,7 +108,7 @@ class InstallPlan:
 
 def plan_install(missing: list[str], have_pytorchutils: bool) -> InstallPlan:
     torch_utils = "torch" in missing and have_pytorchutils
-    reqs = [requirements(remote=True)[m] for m in missing if not (m == "torch" and torch_utils)]
+    reqs = [requirements(remote=True, training=True)[m] for m in missing if not (m == "torch" and torch_utils)]
     return InstallPlan(torch_utils, reqs)
 
 

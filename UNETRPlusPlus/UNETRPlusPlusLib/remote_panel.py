@@ -8,6 +8,7 @@ from typing import Any
 
 from . import remote
 from .errors import ModuleError
+from .i18n import _
 
 
 class ServerPanel:
@@ -20,24 +21,24 @@ class ServerPanel:
         self._qt = qt
         self._on_change = on_change  # the widget re-checks what remote runs need (httpx)
         box = ctk.ctkCollapsibleButton()
-        box.text = "Process on"
+        box.text = _("Process on")
         box.collapsed = True
         parent_layout.addWidget(box)
         form = qt.QFormLayout(box)
         self.mode = qt.QComboBox()
-        self.mode.addItem("this computer", "local")
-        self.mode.addItem("a segmentation server", "server")
+        self.mode.addItem(_("this computer"), "local")
+        self.mode.addItem(_("a segmentation server"), "server")
         self.url = qt.QLineEdit()
-        self.url.placeholderText = "http://gpu-server:8890"
+        self.url.placeholderText = _("http://gpu-server:8890")
         self.token = qt.QLineEdit()
         self.token.echoMode = qt.QLineEdit.Password
-        self.token.placeholderText = "access token from the server administrator"
-        self.testButton = qt.QPushButton("Test connection")
+        self.token.placeholderText = _("access token from the server administrator")
+        self.testButton = qt.QPushButton(_("Test connection"))
         self.status = qt.QLabel("")
         self.status.wordWrap = True
-        form.addRow("Process on:", self.mode)
-        form.addRow("Server URL:", self.url)
-        form.addRow("Token:", self.token)
+        form.addRow(_("Process on:"), self.mode)
+        form.addRow(_("Server URL:"), self.url)
+        form.addRow(_("Token:"), self.token)
         form.addRow(self.testButton, self.status)
 
         saved = remote.load_settings(qt.QSettings())
@@ -85,4 +86,4 @@ class ServerPanel:
         except Exception as exc:  # unreachable, refused token, httpx missing: say so in the panel
             self.status.text = str(exc)
             return
-        self.status.text = f"Connected; models on the server: {', '.join(names) or 'none'}"
+        self.status.text = _("Connected; models on the server: {names}").format(names=", ".join(names) or _("none"))
