@@ -1,14 +1,20 @@
 """The segmentation server (`unetrpp serve`) as a real uvicorn process on 127.0.0.1, driven by a real
 HTTP client (httpx) and by `unetrpp segment --server`: authentication, identical labels to a local
-run, every bad input of issue 13 (a clear message, no traceback, the server keeps serving), cancel,
-per-token limit, and a restart that keeps finished results and fails interrupted jobs."""
+run, every bad input of issue 13 (a clear message with its category, no traceback, the server keeps
+serving), uploads that name other files refused before any read and job options through the bounded
+JSON reader (issue 18 item 5), cancel, per-token limit, a restart that keeps finished results and
+fails interrupted jobs, and TLS with a certificate authority made at test time."""
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
+import ssl
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import httpx
@@ -16,7 +22,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from support.server import ENV, EXAMPLE_CT, TOKENS, Server, wait_state, write_tokens
+from support.server import ENV, EXAMPLE_CT, TOKENS, Server, make_certificates, wait_state, write_tokens
 
 CLI = [sys.executable, "-m", "unetrpp"]
 UPLOAD_LIMIT_MB = 4
@@ -111,30 +117,31 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(alice, server, tm
     notes = tmp_path / "notes.nii.gz"
     notes.write_text("this is not an image")
     cases = [
-        (submit(alice, notes), 400, "not an image"),
-        (submit(alice, Path(__file__), field="ct"), 400, "send a .nii.gz"),
-        (submit(alice, field="t1"), 422, "unexpected form field 't1'"),
-        (alice.post("/v1/jobs", data={"model": "demo-abdomen-ct"}), 422, "missing: ct"),
-        (submit(alice, model="no-such-model"), 404, "not on this server"),
-        (submit(alice, options={"overlap": 3}), 422, "overlap"),
-        (submit(alice, options={"bogus": 1}), 422, "unknown option"),
-        (submit(alice, output_format=".dcm"), 400, "DICOM series input"),
-        (alice.get("/v1/jobs/does-not-exist-0000000"), 404, "no job"),
-        (alice.get("/v1/jobs/../../etc/passwd"), 404, ""),
-        (alice.delete("/v1/jobs/does-not-exist-0000000"), 404, "no job"),
+        (submit(alice, notes), 400, "not an image", "input"),
+        (submit(alice, Path(__file__), field="ct"), 400, "send a .nii.gz", "input"),
+        (submit(alice, field="t1"), 422, "unexpected form field 't1'", "input"),
+        (alice.post("/v1/jobs", data={"model": "demo-abdomen-ct"}), 422, "missing: ct", "input"),
+        (submit(alice, model="no-such-model"), 404, "not on this server", "model"),
+        (submit(alice, options={"overlap": 3}), 422, "overlap", "input"),
+        (submit(alice, options={"bogus": 1}), 422, "unknown option", "input"),
+        (submit(alice, output_format=".dcm"), 400, "DICOM series input", "output"),
+        (alice.get("/v1/jobs/does-not-exist-0000000"), 404, "no job", "input"),
+        (alice.get("/v1/jobs/../../etc/passwd"), 404, "", "input"),
+        (alice.delete("/v1/jobs/does-not-exist-0000000"), 404, "no job", "input"),
     ]
     big = tmp_path / "big.nii.gz"
     big.write_bytes(b"\0" * ((UPLOAD_LIMIT_MB + 1) << 20))
-    cases.append((submit(alice, big), 413, f"at most {UPLOAD_LIMIT_MB} MiB"))
+    cases.append((submit(alice, big), 413, f"at most {UPLOAD_LIMIT_MB} MiB", "resource"))
     # without a Content-Length (chunked): counted while it arrives
     head = b'--x\r\nContent-Disposition: form-data; name="ct"; filename="ct.nii.gz"\r\n\r\n'
     chunks = iter([head] + [b"\0" * (1 << 20)] * (UPLOAD_LIMIT_MB + 2))
     cases.append((alice.post("/v1/jobs", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"}),
-                  413, f"at most {UPLOAD_LIMIT_MB} MiB"))
-    for response, status, text in cases:
+                  413, f"at most {UPLOAD_LIMIT_MB} MiB", "resource"))
+    for response, status, text, category in cases:
         assert response.status_code == status, (response.status_code, response.text)
         body = response.json()
-        assert set(body) == {"error"} and text in body["error"]
+        assert set(body) == {"error", "category"} and text in body["error"], body
+        assert body["category"] == category, body
         assert "Traceback" not in response.text
     assert alice.get("/v1/models").status_code == 200
     # nothing half-created is left behind: every refused upload was removed
@@ -286,3 +293,259 @@ def test_a_worker_killed_mid_job_fails_that_job_and_is_replaced(tmp_path, tokens
             assert _worker_pids(srv.proc.pid) != [worker]
     finally:
         srv.stop()
+
+
+# Uploads are self-contained or refused before any read (issue 18 item 5) ----------------------------
+def _nrrd_header(data_line: str) -> bytes:
+    return ("NRRD0004\ntype: short\ndimension: 3\nspace: left-posterior-superior\nsizes: 64 64 32\n"
+            "space directions: (1,0,0) (0,1,0) (0,0,1)\nencoding: raw\nendian: little\n"
+            f"{data_line}\n\n").encode()
+
+
+def _mha_header(data_file: str) -> bytes:
+    return ("ObjectType = Image\nNDims = 3\nBinaryData = True\nBinaryDataByteOrderMSB = False\n"
+            "DimSize = 64 64 32\nElementSpacing = 1 1 1\nElementType = MET_SHORT\n"
+            f"ElementDataFile = {data_file}\n").encode()
+
+
+def _nifti_pair_header(tmp_path: Path, magic: bytes | None) -> bytes:
+    """The .hdr of a NIfTI .hdr/.img pair as SimpleITK writes it (magic ni1), or with another magic
+    (an Analyze 7.5 header has none)."""
+    sitk.WriteImage(sitk.Image(8, 8, 8, sitk.sitkInt16), str(tmp_path / "pair.hdr"))
+    header = bytearray((tmp_path / "pair.hdr").read_bytes())
+    assert header[344:348] == b"ni1\0"
+    if magic is not None:
+        header[344:348] = magic
+    return bytes(header)
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def test_uploads_that_name_other_files_are_refused_before_any_read(alice, server, tmp_path):
+    """A header that names another file for its voxels would make the server read one of its own
+    files on a client's word (/dev/zero, /etc/..., another job's upload): refused with 400."""
+    other_job = submit(alice).json()["id"]  # an upload on the server another header could point to
+    sneaky = f"../../{other_job}/inputs/ct.nii.gz"
+    cases = {
+        "ct.nrrd": (_nrrd_header("data file: /dev/zero"), "data file"),
+        "ct2.nrrd": (_nrrd_header(f"data file: {sneaky}"), "another file"),
+        "ct3.nrrd": (_nrrd_header("datafile: /etc/hostname"), "another file"),
+        "ct4.nrrd": (_nrrd_header("Data File: LIST\n/etc/hostname"), "another file"),
+        "ct5.nrrd": (_mha_header("LOCAL"), "not a NRRD file"),
+        "ct.mha": (_mha_header("/dev/zero"), "ElementDataFile"),
+        "ct2.mha": (_mha_header(sneaky), "another file"),
+        "ct3.mha": (_mha_header("LIST\n/etc/hostname"), "another file"),
+        "ct4.mha": (_nrrd_header("encoding: raw"), "not a MetaImage"),
+        "ct.nii": (_nifti_pair_header(tmp_path, None), ".hdr/.img pair"),
+        "ct2.nii": (_nifti_pair_header(tmp_path, b"\0\0\0\0"), "Analyze 7.5"),
+        "ct.nii.gz": (gzip.compress(_nifti_pair_header(tmp_path, None)), ".hdr/.img pair"),
+        "ct.nhdr": (_nrrd_header("data file: ct.raw"), "separate data file"),
+        "ct.mhd": (_mha_header("ct.raw"), "separate data file"),
+        "ct.hdr": (_nifti_pair_header(tmp_path, None), "separate .img"),
+        "ct.img": (b"\0" * 1024, "without their header"),
+        "series.zip": (_zip({"001.dcm": _nrrd_header("data file: /dev/zero")}), "not a DICOM file"),
+        "empty.zip": (_zip({"__MACOSX/._x": b"junk"}), "no files"),
+    }
+    for name, (content, text) in cases.items():
+        r = alice.post("/v1/jobs", data={"model": "demo-abdomen-ct", "options": '{"fast": true}'},
+                       files={"ct": (name, content)})
+        assert r.status_code == 400, (name, r.status_code, r.text)
+        body = r.json()
+        assert text in body["error"] and body["category"] == "input", (name, body)
+        assert f"input 'ct' ('{name}')" in body["error"] and "Traceback" not in r.text
+    assert wait_state(alice, other_job, ("done", "failed"))["state"] == "done"
+    # nothing half-created is left behind
+    assert all((d / "job.json").is_file() for d in (server.data_dir / "jobs").iterdir())
+
+
+@pytest.mark.slow
+def test_self_contained_nrrd_and_mha_are_segmented_like_nifti(alice, tmp_path):
+    """The check refuses only what it must: .nrrd and .mha files with their voxels inside (as
+    SimpleITK and Slicer write them, compressed or not) give the labels of the NIfTI input."""
+    image = sitk.ReadImage(str(EXAMPLE_CT))
+    results = {}
+    for name, compress in (("ct.nii.gz", True), ("ct.nrrd", True), ("ct.mha", False)):
+        path = tmp_path / name
+        sitk.WriteImage(image, str(path), compress)
+        r = submit(alice, path)  # one after the other: the module's server allows 2 jobs per token
+        assert r.status_code == 202, (name, r.text)
+        job = r.json()["id"]
+        assert wait_state(alice, job, ("done", "failed"), timeout=300)["state"] == "done", name
+        out = tmp_path / f"result-{name}.seg.nrrd"
+        out.write_bytes(alice.get(f"/v1/jobs/{job}/result").content)
+        results[name] = labels(out)
+    assert results["ct.nii.gz"].max() > 0
+    assert all(np.array_equal(results["ct.nii.gz"], r) for r in results.values())
+
+
+def test_job_options_go_through_the_bounded_json_reader(alice, server):
+    """`options` nested 100,000 levels deep (a RecursionError, HTTP 500, before) or not JSON at
+    all: 400 with what is wrong; the server keeps serving."""
+    deep = "[" * 100_000 + "]" * 100_000
+    for options, text in ((deep, "the form field 'options'"), ("[" * 40 + "]" * 40, "levels deep"),
+                          ('{"fast": tru', "not valid JSON"), ('{"overlap": NaN}', "not valid JSON"),
+                          ('{"overlap": 1e999}', "not valid JSON")):
+        with open(EXAMPLE_CT, "rb") as f:
+            r = alice.post("/v1/jobs", data={"model": "demo-abdomen-ct", "options": options},
+                           files={"ct": ("ct.nii.gz", f)})
+        assert r.status_code == 400, (options[:20], r.status_code, r.text[:300])
+        assert text in r.json()["error"] and r.json()["category"] == "input", r.json()
+    assert alice.get("/v1/models").status_code == 200
+    assert all((d / "job.json").is_file() for d in (server.data_dir / "jobs").iterdir())
+
+
+def test_a_failed_job_carries_its_category_and_the_client_keeps_it(alice, server, tokens, tmp_path):
+    """A job the engine refuses (a single-slice image: 2D data) fails with the category of
+    `errors.classify`; the CLI client raises it in that category: the exit code of a local run."""
+    flat = tmp_path / "flat.nii.gz"
+    sitk.WriteImage(sitk.ReadImage(str(EXAMPLE_CT))[:, :, :1], str(flat))
+    job = submit(alice, flat).json()["id"]
+    st = wait_state(alice, job, ("done", "failed"))
+    assert st["state"] == "failed" and "2D" in st["error"] and st["category"] == "input", st
+    from unetrpp.client import ServerClient, ServerError
+    from unetrpp.errors import classify
+
+    with ServerClient(server.url, TOKENS[0]) as client:
+        with pytest.raises(ServerError) as caught:
+            client.wait(job)
+    found = classify(caught.value)
+    assert found.category == "input" and found.exit_code == 2 and "2D" in found.message
+    proc = subprocess.run([*CLI, "segment", "--server", server.url, "--token-file", str(tokens[1]), "--model",
+                           "demo-abdomen-ct", str(flat), "-o", str(tmp_path / "flat.seg.nrrd"), "--fast"],
+                          env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "2D" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_client_maps_server_errors_to_their_categories():
+    """The category in an error body wins; without one (an older server) the status decides."""
+    import httpx
+
+    from unetrpp.client import ServerClient, ServerError
+    from unetrpp.errors import classify
+
+    answers = {"/v1/a": (400, {"error": "bad roi", "category": "input"}),
+               "/v1/b": (500, {"error": "internal server error", "category": "internal"}),
+               "/v1/c": (413, {"error": "too large"}), "/v1/d": (502, None),
+               "/v1/e": (400, {"error": "x", "category": "output"})}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        status, body = answers[request.url.path]
+        return httpx.Response(status, json=body) if body else httpx.Response(status, text="<html>bad gateway")
+
+    client = ServerClient("http://127.0.0.1:9", TOKENS[0])
+    client._http = httpx.Client(base_url="http://127.0.0.1:9/v1", transport=httpx.MockTransport(handler))
+    expected = {"/a": ("input", 2), "/b": ("internal", 1), "/c": ("resource", 2), "/d": ("internal", 1),
+                "/e": ("output", 2)}
+    for path, (category, code) in expected.items():
+        with pytest.raises(ServerError) as caught:
+            client._request("GET", path)
+        found = classify(caught.value)
+        assert (found.category, found.exit_code) == (category, code), (path, found)
+
+
+# TLS (issue 18 item 5) ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory) -> dict[str, Path]:
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory, tokens, certificates):
+    root = tmp_path_factory.mktemp("tls-server")
+    srv = Server(root / "data", tokens[0], "--certfile", str(certificates["cert"]), "--keyfile",
+                 str(certificates["key"]), ca_file=certificates["ca"])
+    yield srv
+    srv.stop()
+
+
+def test_tls_server_talks_only_to_clients_that_trust_its_certificate(tls_server, certificates, tmp_path):
+    from unetrpp.client import CA_FILE_ENV, ServerClient, ServerError
+
+    assert tls_server.url.startswith("https://127.0.0.1:")
+    with ServerClient(tls_server.url, TOKENS[0], ca_file=certificates["ca"]) as client:
+        assert [m["name"] for m in client.models()] == ["demo-abdomen-ct"]
+    # the system's authorities do not know the test CA; neither does another CA
+    for ca in (None, certificates["other_ca"]):
+        with pytest.raises(ServerError, match="not trusted.*--ca-file") as caught:
+            with ServerClient(tls_server.url, TOKENS[0], ca_file=ca) as client:
+                client.models()
+        assert caught.value.category == "environment"
+    # plain http to the TLS port: no answer, and a hint
+    with pytest.raises(ServerError, match="cannot reach the server.*https://"):
+        with ServerClient(tls_server.url.replace("https://", "http://"), TOKENS[0], timeout=10) as client:
+            client.models()
+    with pytest.raises(ServerError, match="cannot use the CA file"):
+        ServerClient(tls_server.url, TOKENS[0], ca_file=tmp_path / "missing.pem")
+    # the CA file from the environment (how the Slicer module's worker gets it)
+    import os
+
+    old = os.environ.get(CA_FILE_ENV)
+    os.environ[CA_FILE_ENV] = str(certificates["ca"])
+    try:
+        with ServerClient(tls_server.url, TOKENS[0]) as client:
+            assert client.models()
+    finally:
+        os.environ.pop(CA_FILE_ENV) if old is None else os.environ.__setitem__(CA_FILE_ENV, old)
+    # raw httpx with the CA: the same API, and the token never travels unencrypted
+    r = httpx.get(f"{tls_server.url}/v1/models", headers=tls_server.headers(),
+                  verify=ssl.create_default_context(cafile=str(certificates["ca"])))
+    assert r.status_code == 200 and r.url.scheme == "https"
+
+
+def test_client_refuses_to_send_a_token_in_clear_text_over_a_network():
+    from unetrpp.client import ServerClient, ServerError
+
+    for url in ("http://gpu-server:8890", "http://192.0.2.10:8890", "http://[2001:db8::1]:8890"):
+        with pytest.raises(ServerError, match="clear text"):
+            ServerClient(url, TOKENS[0])
+    for url in ("http://127.0.0.1:8890", "http://localhost:8890", "http://[::1]:8890", "https://gpu-server:8890"):
+        ServerClient(url, TOKENS[0]).close()
+
+
+@pytest.mark.slow
+def test_cli_client_segments_over_tls(tls_server, tokens, certificates, tmp_path):
+    out = tmp_path / "tls.seg.nrrd"
+    base = [*CLI, "segment", "--server", tls_server.url, "--token-file", str(tokens[1]), "--model", "demo-abdomen-ct",
+            str(EXAMPLE_CT), "-o", str(out), "--fast", "--progress", "none"]
+    proc = subprocess.run(base, env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "not trusted" in proc.stderr and "--ca-file" in proc.stderr, proc.stderr
+    assert not out.exists()
+    proc = subprocess.run([*base, "--ca-file", str(certificates["ca"])], env=ENV, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr + tls_server.log_text()
+    assert labels(out).max() > 0 and json.loads((tmp_path / "tls.report.json").read_text())["segments"]
+
+
+def test_serve_refuses_a_network_address_without_tls(tmp_path, tokens, certificates):
+    proc = subprocess.run([*CLI, "serve", "--port", "1", "--token-file", str(tokens[0]), "--host", "0.0.0.0"],
+                          env=ENV, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "clear text" in proc.stderr and "--certfile" in proc.stderr, proc.stderr
+    assert "--behind-tls-proxy" in proc.stderr and "Traceback" not in proc.stderr
+    # the other refusals in this process (the same `serve` code, without starting a Python each)
+    from unetrpp.cli import build_parser
+    from unetrpp.commands.serve import check_transport
+    from unetrpp.errors import UnetrppError, classify
+
+    other_key = make_certificates(tmp_path / "other")["key"]
+    for args, text in (
+        (["--host", "192.0.2.10"], "--behind-tls-proxy"),
+        (["--host", "::"], "clear text"),
+        (["--keyfile", str(certificates["key"])], "--keyfile needs --certfile"),
+        (["--certfile", str(certificates["cert"]), "--keyfile", str(other_key)], "cannot use --certfile"),
+        (["--certfile", str(tmp_path / "missing.pem")], "no such file"),
+        (["--certfile", str(certificates["cert"]), "--keyfile", str(certificates["key"]), "--behind-tls-proxy"],
+         "exclude each other"),
+    ):
+        parsed = build_parser().parse_args(["serve", "--port", "1", "--token-file", str(tokens[0]), *args])
+        with pytest.raises(UnetrppError, match=text) as caught:
+            parsed.func(parsed)
+        assert classify(caught.value).exit_code == 2
+    assert check_transport("0.0.0.0", None, None, behind_tls_proxy=True) is None  # the proxy's TLS
+    assert check_transport("127.0.0.1", None, None, behind_tls_proxy=False) is None  # this machine only
+    assert check_transport("0.0.0.0", certificates["cert"], certificates["key"], False) is not None

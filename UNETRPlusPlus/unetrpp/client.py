@@ -5,8 +5,14 @@ choice). No torch: uploads the input files, follows the job with progress events
 `unetrpp.progress` events as a local run), downloads the segmentation and its report atomically,
 and cancels the job on the server when the local run is cancelled.
 
-A DICOM series folder is sent as a zip of its files. The token comes from a token file (first
+A DICOM series folder is sent as a zip of its DICOM files. The token comes from a token file (first
 token in it) or the environment variable UNETRPP_SERVER_TOKEN (not visible in process lists).
+
+TLS: an https:// URL is verified against the system's certificate authorities, or against a CA
+file (`ca_file`, `segment --ca-file`, or $UNETRPP_SERVER_CA_FILE) for a department's own CA or a
+self-signed certificate. The token never crosses a network in clear text: http:// is refused for
+any host but this machine's loopback. A server's error comes back with its category
+(`unetrpp.errors`): the client raises it in that category, so the exit code is the local one's.
 """
 
 from __future__ import annotations
@@ -22,18 +28,76 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from .errors import CancelledError, UnetrppError
+from .errors import CATEGORIES, ENVIRONMENT, INPUT, INTERNAL, RESOURCE, CancelledError, UnetrppError
 from .progress import CancelToken, Event, ProgressSink, null_sink
 
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "UNETRPP_SERVER_TOKEN"
+CA_FILE_ENV = "UNETRPP_SERVER_CA_FILE"
+#: Largest JSON answer the client parses (reports are a few kB; the bounded reader refuses more).
+MAX_ANSWER_BYTES = 16 << 20
+#: The category of an HTTP error from a server that does not send one (before categories).
+_STATUS_CATEGORY = {401: ENVIRONMENT, 413: RESOURCE, 429: RESOURCE}
 #: Seconds between status requests while a job runs.
 POLL_INTERVAL_S = 0.5
 
 
 class ServerError(UnetrppError):
-    """The server is unreachable, refused the request, or the job failed there."""
+    """The server is unreachable, refused the request, or the job failed there. `category` is the
+    server's category of the error when it sent one (a bad input stays an input error)."""
+
+    category = ENVIRONMENT
+
+    def __init__(self, message: str, category: str | None = None) -> None:
+        super().__init__(message)
+        if category in CATEGORIES:
+            self.category = category
+
+
+def _is_loopback_url(url: str) -> bool:
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tls_context(ca_file: str | os.PathLike[str] | None = None):
+    """The SSL context that verifies an https server: against `ca_file` (PEM, one or more CA
+    certificates) when given, else $UNETRPP_SERVER_CA_FILE, else the system's trusted authorities
+    (certifi's where Python finds none, as on some macOS installs)."""
+    import ssl
+
+    ca_file = ca_file or os.environ.get(CA_FILE_ENV) or None
+    if ca_file:
+        try:
+            return ssl.create_default_context(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as exc:
+            raise ServerError(f"cannot use the CA file {ca_file} ({exc}); give a PEM file with the certificate of "
+                              "the authority that signed the server's certificate", INPUT) from None
+    context = ssl.create_default_context()
+    paths = ssl.get_default_verify_paths()
+    if not context.cert_store_stats().get("x509_ca") and not (paths.capath and os.path.isdir(paths.capath)):
+        try:
+            import certifi
+
+            context.load_verify_locations(certifi.where())
+        except (ImportError, OSError, ssl.SSLError):
+            pass
+    return context
+
+
+def _answer_json(response: Any, what: str) -> Any:
+    """A JSON answer of the server through the one bounded JSON reader."""
+    from .manifest import load_json
+
+    return load_json(response.content, what, error=ServerError, max_bytes=MAX_ANSWER_BYTES)
 
 
 def read_token(token_file: str | os.PathLike[str] | None) -> str:
@@ -42,24 +106,33 @@ def read_token(token_file: str | os.PathLike[str] | None) -> str:
         try:
             lines = Path(token_file).read_text(encoding="utf-8").splitlines()
         except (OSError, UnicodeDecodeError) as exc:
-            raise ServerError(f"cannot read the token file {token_file}: {exc}") from None
+            raise ServerError(f"cannot read the token file {token_file}: {exc}", INPUT) from None
         tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
         if not tokens:
-            raise ServerError(f"the token file {token_file} holds no token")
+            raise ServerError(f"the token file {token_file} holds no token", INPUT)
         return tokens[0]
     token = os.environ.get(TOKEN_ENV, "").strip()
     if not token:
-        raise ServerError(f"give --token-file FILE (or set {TOKEN_ENV}) with a token the server accepts")
+        raise ServerError(f"give --token-file FILE (or set {TOKEN_ENV}) with a token the server accepts", INPUT)
     return token
 
 
+def _is_dicom_file(path: Path) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(132)[128:132] == b"DICM"
+    except OSError:
+        return False
+
+
 def _zip_folder(folder: Path, into: Path) -> Path:
-    """A zip of the files directly in `folder` (a DICOM series), stored uncompressed (DICOM pixel
-    data rarely compresses and the server unpacks faster)."""
+    """A zip of the DICOM files directly in `folder` (a DICOM series; other files are left out, as
+    a local run ignores them), stored uncompressed (DICOM pixel data rarely compresses and the
+    server unpacks faster)."""
     archive = into / f"{folder.name or 'series'}.zip"
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _is_dicom_file(p))
     if not files:
-        raise UnetrppError(f"input folder {folder} holds no files; give a DICOM series folder or an image file")
+        raise UnetrppError(f"input folder {folder} holds no DICOM files; give a DICOM series folder or an image file")
     with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
         for f in files:
             zf.write(f, f.name)
@@ -67,9 +140,11 @@ def _zip_folder(folder: Path, into: Path) -> Path:
 
 
 class ServerClient:
-    """One server at `url` (e.g. http://gpu-host:8890) with one bearer token."""
+    """One server at `url` (e.g. https://gpu-host:8890) with one bearer token; `ca_file` verifies
+    an https server's certificate (see `tls_context`)."""
 
-    def __init__(self, url: str, token: str, timeout: float = 60.0) -> None:
+    def __init__(self, url: str, token: str, timeout: float = 60.0,
+                 ca_file: str | os.PathLike[str] | None = None) -> None:
         try:
             import httpx
         except ModuleNotFoundError:
@@ -78,9 +153,15 @@ class ServerClient:
 
         self.url = url.rstrip("/")
         if not self.url.startswith(("http://", "https://")):
-            raise ServerError(f"server URL {url!r} must start with http:// or https://")
+            raise ServerError(f"server URL {url!r} must start with https:// (or http:// on this machine)", INPUT)
+        if self.url.startswith("http://") and not _is_loopback_url(self.url):
+            raise ServerError(f"server URL {url!r}: the token would cross the network in clear text; use https:// "
+                              "(`unetrpp serve --certfile ... --keyfile ...`, or the TLS proxy in front of the server)",
+                              INPUT)
+        self.tls = self.url.startswith("https://")
         self._http = httpx.Client(base_url=f"{self.url}/v1", timeout=timeout,
-                                  headers={"Authorization": f"Bearer {token}"})
+                                  headers={"Authorization": f"Bearer {token}"},
+                                  verify=tls_context(ca_file) if self.tls else True)
 
     def close(self) -> None:
         self._http.close()
@@ -98,21 +179,37 @@ class ServerClient:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as exc:
-            raise ServerError(f"cannot reach the server at {self.url} ({type(exc).__name__}: {exc}); check the URL "
-                              "and that `unetrpp serve` runs there") from None
+            raise self._transport_error(exc) from None
         if response.status_code == 401:
             raise ServerError(f"the server at {self.url} refused the token (401); check --token-file "
-                              f"(or {TOKEN_ENV})")
+                              f"(or {TOKEN_ENV})", ENVIRONMENT)
         if response.status_code >= 400:
+            category = _STATUS_CATEGORY.get(response.status_code, INTERNAL if response.status_code >= 500 else INPUT)
             try:
-                message = response.json()["error"]
-            except (ValueError, KeyError, TypeError):
+                body = _answer_json(response, "the server's error")
+                message = body["error"]
+                category = body.get("category") or category
+            except (UnetrppError, KeyError, TypeError, AttributeError):
                 message = f"HTTP {response.status_code} (not a unetrpp server at {self.url}?)"
-            raise ServerError(f"server: {message}")
+            raise ServerError(f"server: {message}", category)
         return response
 
+    def _transport_error(self, exc: Exception) -> ServerError:
+        """What a failed connection means, in the user's words (environment: the network or setup)."""
+        text = str(exc)
+        if "CERTIFICATE_VERIFY_FAILED" in text:
+            return ServerError(f"the certificate of the server at {self.url} is not trusted ({text}); if the server "
+                               "uses its own or a department certificate authority, give its certificate with "
+                               f"--ca-file (or {CA_FILE_ENV})", ENVIRONMENT)
+        if self.tls and ("WRONG_VERSION_NUMBER" in text or "record layer" in text or "UNEXPECTED_EOF" in text.upper()):
+            return ServerError(f"cannot reach the server at {self.url} over TLS ({text}); does it serve http:// "
+                               "instead (no --certfile)?", ENVIRONMENT)
+        hint = " (if it serves TLS, use https://)" if not self.tls else ""
+        return ServerError(f"cannot reach the server at {self.url} ({type(exc).__name__}: {exc}); check the URL "
+                           f"and that `unetrpp serve` runs there{hint}", ENVIRONMENT)
+
     def models(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/models").json()["models"]
+        return _answer_json(self._request("GET", "/models"), "the server's model list")["models"]
 
     def submit(self, model: str, inputs: Mapping[str, str | os.PathLike[str]], *,
                options: Mapping[str, Any] | None = None, output_format: str = ".seg.nrrd") -> str:
@@ -127,16 +224,16 @@ class ServerClient:
                     path = _zip_folder(path, Path(tmp))
                 upload[name] = (path.name, files.enter_context(open(path, "rb")), "application/octet-stream")
             data = {"model": model, "options": json.dumps(dict(options or {})), "output_format": output_format}
-            return self._request("POST", "/jobs", data=data, files=upload).json()["id"]
+            return _answer_json(self._request("POST", "/jobs", data=data, files=upload), "the server's answer")["id"]
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/jobs/{job_id}").json()
+        return _answer_json(self._request("GET", f"/jobs/{job_id}"), "the job status")
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._request("DELETE", f"/jobs/{job_id}").json()
+        return _answer_json(self._request("DELETE", f"/jobs/{job_id}"), "the server's answer")
 
     def report(self, job_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/jobs/{job_id}/report").json()
+        return _answer_json(self._request("GET", f"/jobs/{job_id}/report"), "the job's report")
 
     def download(self, job_id: str, path: str | os.PathLike[str], overwrite: bool = True) -> Path:
         """The result file, written beside `path` and renamed into place (without `overwrite`,
@@ -155,7 +252,7 @@ class ServerClient:
                     for chunk in response.iter_bytes(1 << 20):
                         f.write(chunk)
         except httpx.TransportError as exc:
-            raise ServerError(f"the download of job {job_id} from {self.url} broke off ({exc})") from None
+            raise ServerError(f"the download of job {job_id} from {self.url} broke off ({exc})", ENVIRONMENT) from None
         return path
 
     def wait(self, job_id: str, *, sink: ProgressSink = null_sink, cancel: CancelToken | None = None,
@@ -184,8 +281,8 @@ class ServerClient:
                                eta_s=st.get("eta_s")))
             elif state == "done":
                 return st
-            elif state == "failed":
-                raise ServerError(f"the job failed on the server: {st.get('error')}")
+            elif state == "failed":  # in the category the server classified it (an input error stays one)
+                raise ServerError(f"the job failed on the server: {st.get('error')}", st.get("category") or INPUT)
             elif state == "cancelled":
                 raise CancelledError("the job was cancelled on the server")
             time.sleep(poll)
@@ -194,7 +291,8 @@ class ServerClient:
 def segment_on_server(url: str, token: str, model: str, inputs: Mapping[str, str | os.PathLike[str]],
                       output: str | os.PathLike[str], *, report: str | os.PathLike[str] | None = None,
                       options: Mapping[str, Any] | None = None, sink: ProgressSink = null_sink,
-                      cancel: CancelToken | None = None, overwrite: bool = True) -> tuple[dict[str, Any], dict[str, str]]:
+                      cancel: CancelToken | None = None, overwrite: bool = True,
+                      ca_file: str | os.PathLike[str] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
     """Run one segmentation on the server; write `output` and its report as a local run would.
     Returns (report, {"segmentation": path, "report": path})."""
     from .atomic import write_text
@@ -203,7 +301,7 @@ def segment_on_server(url: str, token: str, model: str, inputs: Mapping[str, str
 
     output = Path(output)
     report_path = Path(report) if report else default_report_path(output)
-    with ServerClient(url, token) as client:
+    with ServerClient(url, token, ca_file=ca_file) as client:
         job_id = client.submit(model, inputs, options=options, output_format=image_suffix(output))
         log.info("job %s submitted to %s", job_id, url)
         try:
@@ -232,10 +330,18 @@ class RemoteResult:
 def _server_model(client: ServerClient, model: str) -> dict[str, Any]:
     """The server's description of `model` (a name, or a local package whose name is looked up)."""
     package = Path(model) / "model.json"
-    name = json.loads(package.read_text()).get("name", model) if package.is_file() else model
+    if package.is_file():
+        from .errors import ManifestError
+        from .manifest import load_json
+
+        data = load_json(package.read_bytes(), str(package), error=ManifestError)
+        name = data.get("name", model) if isinstance(data, dict) else model
+    else:
+        name = model
     models = {m["name"]: m for m in client.models()}
     if name not in models:
-        raise ServerError(f"model {name!r} is not on the server {client.url}; it has: {', '.join(sorted(models)) or 'none'}")
+        raise ServerError(f"model {name!r} is not on the server {client.url}; it has: {', '.join(sorted(models)) or 'none'}",
+                          "model")
     return models[name]
 
 
@@ -254,7 +360,8 @@ def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, ca
                              protected=protected_sources(inputs, args.model))
     report_path = plan.report
     token = read_token(args.token_file)
-    with ServerClient(args.server, token) as client:
+    ca_file = getattr(args, "ca_file", None)
+    with ServerClient(args.server, token, ca_file=ca_file) as client:
         described = _server_model(client, args.model)
     names = [i["name"] for i in described["inputs"]]
     if not isinstance(inputs, Mapping):
@@ -268,5 +375,5 @@ def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, ca
                "roi": None if roi is None else [list(roi[0]), list(roi[1])]}
     report, outputs = segment_on_server(args.server, token, described["name"], inputs, args.output,
                                         report=report_path, options=options, sink=sink, cancel=cancel,
-                                        overwrite=args.overwrite)
+                                        overwrite=args.overwrite, ca_file=ca_file)
     return RemoteResult(report, outputs)

@@ -42,8 +42,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--series-uid", metavar="UID", help="DICOM SeriesInstanceUID to read from a folder holding several series")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: automatic)")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")
-    p.add_argument("--server", metavar="URL", help="run on a segmentation server (`unetrpp serve`), e.g. http://gpu-host:8890")
+    p.add_argument("--server", metavar="URL", help="run on a segmentation server (`unetrpp serve`), e.g. https://gpu-host:8890")
     p.add_argument("--token-file", metavar="FILE", help="with --server: file holding the token (else $UNETRPP_SERVER_TOKEN)")
+    p.add_argument("--ca-file", metavar="PEM", help="with an https:// --server: the certificate authority that signed "
+                   "its certificate (else $UNETRPP_SERVER_CA_FILE, else the system's trusted authorities)")
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:

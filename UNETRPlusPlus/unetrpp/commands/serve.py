@@ -15,10 +15,15 @@ EPILOG = """\
 examples:
   python -c "import secrets; print(secrets.token_urlsafe(32))" > tokens.txt
   unetrpp serve --token-file tokens.txt                       # 127.0.0.1:8890, all GPUs (else CPU)
-  unetrpp serve --host 0.0.0.0 --token-file tokens.txt --devices cuda:0,cuda:1 --data-dir /srv/unetrpp
+  unetrpp serve --host 0.0.0.0 --token-file tokens.txt --certfile server.pem --keyfile server.key \
+      --devices cuda:0,cuda:1 --data-dir /srv/unetrpp         # the department server, over TLS
 
-Clients: `unetrpp segment --server http://HOST:8890 --token-file tokens.txt ...`, the Slicer module
-("Process on: server"), or any HTTP client (API in README "Segment on a server").
+Tokens never cross a network in clear text: a --host other than loopback needs --certfile/--keyfile
+(TLS), or --behind-tls-proxy when a TLS proxy in front of the server (nginx, Caddy, a Kubernetes
+ingress) terminates TLS and the server is reachable only through it.
+
+Clients: `unetrpp segment --server https://HOST:8890 --token-file tokens.txt [--ca-file ca.pem] ...`,
+the Slicer module ("Process on: server"), or any HTTP client (API in README "Segment on a server").
 """
 
 
@@ -32,6 +37,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8890, help="TCP port (default 8890)")
     p.add_argument("--token-file", type=Path, help="file with the accepted bearer tokens, one per line")
+    p.add_argument("--certfile", type=Path, metavar="PEM",
+                   help="serve HTTPS with this certificate (PEM; the chain may follow it; the key too if no --keyfile)")
+    p.add_argument("--keyfile", type=Path, metavar="PEM", help="the private key of --certfile (PEM)")
+    p.add_argument("--behind-tls-proxy", action="store_true",
+                   help="serve plain HTTP on a non-loopback --host because a TLS proxy in front of the server "
+                        "terminates TLS (clients then use the proxy's https:// URL)")
     p.add_argument("--insecure-no-auth", action="store_true",
                    help="accept requests without a token (only allowed on a loopback address)")
     p.add_argument("--devices", default="auto",
@@ -86,6 +97,36 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def check_transport(host: str, certfile: Path | None, keyfile: Path | None, behind_tls_proxy: bool):
+    """The TLS settings of `serve`, checked before anything starts: a non-loopback host without TLS
+    only behind a TLS proxy; the certificate and key readable and matching (loaded once here, so
+    uvicorn does not fail later with a traceback). Returns the SSLContext, or None for plain HTTP."""
+    import ssl
+
+    if keyfile is not None and certfile is None:
+        raise UnetrppError("--keyfile needs --certfile (the certificate of that key)")
+    if certfile is None:
+        if not _is_loopback(host) and not behind_tls_proxy:
+            raise UnetrppError(
+                f"--host {host} is reachable from the network, and without TLS the tokens and scans would cross it "
+                "in clear text: give --certfile CERT.pem --keyfile KEY.pem (see README 'Segment on a server'), or "
+                "--behind-tls-proxy when a TLS proxy in front of the server terminates TLS")
+        return None
+    if behind_tls_proxy:
+        raise UnetrppError("--behind-tls-proxy and --certfile exclude each other: either this server or the proxy "
+                           "in front of it terminates TLS")
+    for flag, path in (("--certfile", certfile), ("--keyfile", keyfile)):
+        if path is not None and not Path(path).is_file():
+            raise UnetrppError(f"{flag} {path}: no such file")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(certfile), None if keyfile is None else str(keyfile))
+    except (OSError, ssl.SSLError) as exc:
+        raise UnetrppError(f"cannot use --certfile {certfile}" + (f" with --keyfile {keyfile}" if keyfile else "")
+                           + f" ({exc}); give a PEM certificate and its matching unencrypted PEM private key") from None
+    return context
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -101,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
     if args.insecure_no_auth and not _is_loopback(args.host):
         raise UnetrppError(f"--insecure-no-auth is only allowed on a loopback address, not {args.host}; "
                            "use --token-file")
+    check_transport(args.host, args.certfile, args.keyfile, args.behind_tls_proxy)
     for name, value, low in (("--workers", args.workers, 1), ("--max-jobs-per-token", args.max_jobs_per_token, 1),
                              ("--max-upload-mb", args.max_upload_mb, 1e-3), ("--retention-hours", args.retention_hours, 1e-4),
                              ("--port", args.port, 1), ("--threads", args.threads or 1, 1)):
@@ -124,8 +166,12 @@ def run(args: argparse.Namespace) -> int:
     )
     if not tokens:
         log.warning("no authentication (--insecure-no-auth): anyone on this machine can use the server")
-    print(f"unetrpp server on http://{args.host}:{args.port}/v1 with model(s) {', '.join(sorted(config.models))}; "
-          f"workers on {', '.join(devices)}; data in {data_dir}", flush=True)
+    scheme = "https" if args.certfile else "http"
+    print(f"unetrpp server on {scheme}://{args.host}:{args.port}/v1 with model(s) {', '.join(sorted(config.models))}; "
+          f"workers on {', '.join(devices)}; data in {data_dir}"
+          + ("; plain HTTP behind a TLS proxy" if args.behind_tls_proxy else ""), flush=True)
+    tls = {"ssl_certfile": str(args.certfile), "ssl_keyfile": None if args.keyfile is None else str(args.keyfile)} \
+        if args.certfile else {}
     uvicorn.run(create_app(config), host=args.host, port=args.port, log_level="info" if args.verbose else "warning",
-                timeout_graceful_shutdown=10)
+                timeout_graceful_shutdown=10, **tls)
     return 0

@@ -10,8 +10,13 @@
     GET    /v1/jobs/{id}/report    the report (JSON, when done)
     DELETE /v1/jobs/{id}           cancel a queued or running job
 
-Every error is `{"error": message}` with a 4xx/5xx status; tracebacks go to the server log only.
-Jobs belong to the token that created them; another token sees 404.
+Every error is `{"error": message, "category": category}` with a 4xx/5xx status (the category of
+`unetrpp.errors`: input, model, output, environment, resource, internal); a failed job's status has
+the same two fields. Tracebacks go to the server log only. Jobs belong to the token that created
+them; another token sees 404.
+
+Uploads are self-contained or refused (400) before anything reads them (`uploads`): no header that
+names another file for its voxels, a DICOM series only as a zip of DICOM files.
 """
 
 from __future__ import annotations
@@ -25,7 +30,6 @@ import re
 import shutil
 import threading
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,22 +41,24 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import UnetrppError
+from ..errors import ENVIRONMENT, INPUT, INTERNAL, MODEL, RESOURCE, OutputError, RequestError, UnetrppError
+from ..manifest import load_json, read_manifest_json
 from ..outputs import DICOM_SEG_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIXES
 from .options import JobOptions
 from .store import ACTIVE, JobStore
+from .uploads import check_self_contained, extract_dicom_zip, suffix_of
 from .workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
-#: Input files the server accepts, by suffix; a DICOM series comes as a zip of its files.
-INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
 #: Result formats a job may ask for (`output_format`).
 OUTPUT_SUFFIXES = SEGMENTATION_SUFFIXES + LABELMAP_SUFFIXES + DICOM_SEG_SUFFIXES
-#: A DICOM zip may hold at most this many files.
-MAX_ZIP_MEMBERS = 5000
+#: Bounds on the job options (form field `options`, JSON): a few hundred bytes in practice.
+MAX_OPTIONS_BYTES = 1 << 16
 _CHUNK = 1 << 20
+#: The category of an HTTP error when the route does not name one.
+_STATUS_CATEGORY = {401: ENVIRONMENT, 413: RESOURCE, 429: RESOURCE}
 
 
 @dataclass
@@ -69,11 +75,20 @@ class ServerConfig:
 
 
 class ApiError(HTTPException):
-    pass
+    """An HTTP error with the category of `unetrpp.errors` it stands for."""
+
+    def __init__(self, status_code: int, detail: str, headers: dict[str, str] | None = None,
+                 category: str | None = None) -> None:
+        super().__init__(status_code=status_code, detail=detail, headers=headers)
+        self.category = category or _STATUS_CATEGORY.get(status_code, INTERNAL if status_code >= 500 else INPUT)
 
 
-def _error(status: int, message: str) -> ApiError:
-    return ApiError(status_code=status, detail=message)
+def _error(status: int, message: str, category: str | None = None) -> ApiError:
+    return ApiError(status, message, category=category)
+
+
+def _body(message: str, category: str) -> dict[str, str]:
+    return {"error": message, "category": category}
 
 
 # Authentication ----------------------------------------------------------------------------------
@@ -117,7 +132,7 @@ class BodyLimit:
                    "(serve --max-upload-mb)")
         length = dict(scope.get("headers") or []).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.limit:
-            return await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+            return await JSONResponse(_body(message, RESOURCE), status_code=413)(scope, receive, send)
         seen = 0
         started = False
 
@@ -139,39 +154,10 @@ class BodyLimit:
             await self.app(scope, counted_receive, tracked_send)
         except _TooLarge:
             if not started:
-                await JSONResponse({"error": message}, status_code=413)(scope, receive, send)
+                await JSONResponse(_body(message, RESOURCE), status_code=413)(scope, receive, send)
 
 
 # Inputs -----------------------------------------------------------------------------------------
-def _suffix(filename: str) -> str:
-    name = filename.lower()
-    return next((s for s in INPUT_SUFFIXES if name.endswith(s)), "")
-
-
-def _extract_dicom_zip(archive: Path, dest: Path, limit: int) -> None:
-    """Unpack a DICOM series zip flat into `dest` under generated names (member names are never
-    used as paths), refusing links, too many members and more than `limit` bytes unpacked."""
-    try:
-        with zipfile.ZipFile(archive) as zf:
-            members = [m for m in zf.infolist() if not m.is_dir()]
-            if len(members) > MAX_ZIP_MEMBERS:
-                raise UnetrppError(f"the zip holds {len(members)} files; at most {MAX_ZIP_MEMBERS} are accepted")
-            total = 0
-            dest.mkdir()
-            for i, m in enumerate(members):
-                if (m.external_attr >> 16) & 0o170000 == 0o120000:
-                    raise UnetrppError(f"the zip holds a link ({m.filename!r}); send plain DICOM files")
-                with zf.open(m) as src, open(dest / f"{i:05d}.dcm", "wb") as dst:
-                    while chunk := src.read(_CHUNK):
-                        total += len(chunk)
-                        if total > limit:
-                            raise UnetrppError(f"the zip unpacks to more than {limit / 2**20:.0f} MiB "
-                                               "(serve --max-upload-mb)")
-                        dst.write(chunk)
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
-        raise UnetrppError(f"not a readable zip of a DICOM series ({exc})") from None
-
-
 def _check_image(path: Path, what: str) -> None:
     """Refuse a file that is not an image (header only: cheap), or a folder without a DICOM series."""
     import SimpleITK as sitk
@@ -181,13 +167,13 @@ def _check_image(path: Path, what: str) -> None:
     try:
         if path.is_dir():
             if not sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(path)):
-                raise UnetrppError(f"{what}: the zip holds no DICOM series")
+                raise RequestError(f"{what}: the zip holds no DICOM series")
             return
         reader = sitk.ImageFileReader()
         reader.SetFileName(str(path))
         reader.ReadImageInformation()
     except RuntimeError:
-        raise UnetrppError(f"{what} is not an image the server can read (NIfTI, NRRD, MHA, or a zip of a "
+        raise RequestError(f"{what} is not an image the server can read (NIfTI, NRRD, MHA, or a zip of a "
                            "DICOM series)") from None
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(shown)
@@ -195,21 +181,28 @@ def _check_image(path: Path, what: str) -> None:
 
 def _save_inputs(given: dict[str, Any], folder: Path, limit: int) -> dict[str, str]:
     """Write each upload as `<input name><suffix>` (a DICOM zip unpacked into `<input name>/`),
-    check it is an image, and return input name -> its name in `folder`."""
+    refuse it unless it is self-contained (`uploads`: before anything else reads it), check it is
+    an image, and return input name -> its name in `folder`."""
     inputs: dict[str, str] = {}
     for name, upload in given.items():
-        suffix = _suffix(upload.filename or "")
-        if not suffix:
-            raise UnetrppError(f"input {name!r} ({upload.filename!r}): send a .nii.gz, .nii, .nrrd or .mha "
-                               "file, or a .zip of a DICOM series")
+        what = f"input {name!r} ({upload.filename!r})"
+        try:
+            suffix = suffix_of(upload.filename or "")
+        except UnetrppError as exc:
+            raise type(exc)(f"{what}: {exc}") from None
         target = folder / f"{name}{suffix}"
         with open(target, "wb") as dst:
             shutil.copyfileobj(upload.file, dst, _CHUNK)
-        if suffix == ".zip":
-            _extract_dicom_zip(target, folder / name, limit)
-            target.unlink()
-            target = folder / name
-        _check_image(target, f"input {name!r} ({upload.filename})")
+        try:
+            if suffix == ".zip":
+                extract_dicom_zip(target, folder / name, limit)
+                target.unlink()
+                target = folder / name
+            else:
+                check_self_contained(target, suffix)
+        except UnetrppError as exc:
+            raise type(exc)(f"{what}{' ' if str(exc).startswith(('is ', 'has ')) else ': '}{exc}") from None
+        _check_image(target, what)
         inputs[name] = target.name
     return inputs
 
@@ -236,7 +229,7 @@ def _describe_model(name: str, manifest: dict[str, Any]) -> dict[str, Any]:
 def create_app(config: ServerConfig) -> FastAPI:
     store = JobStore(config.data_dir)
     pool = WorkerPool(store, config.devices, config.workers_per_device, config.threads)
-    manifests = {name: json.loads((path / "model.json").read_text()) for name, path in config.models.items()}
+    manifests = {name: read_manifest_json(path) for name, path in config.models.items()}
     stop = threading.Event()
     retention_hours = config.retention_s / 3600
 
@@ -267,17 +260,18 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+        category = getattr(exc, "category", None) or _STATUS_CATEGORY.get(exc.status_code, INPUT)
+        return JSONResponse(_body(str(exc.detail), category), status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors())
-        return JSONResponse({"error": f"bad request: {where}"}, status_code=422)
+        return JSONResponse(_body(f"bad request: {where}", INPUT), status_code=422)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal server error; the server log has the details"}, status_code=500)
+        return JSONResponse(_body("internal server error; the server log has the details", INTERNAL), status_code=500)
 
     def owned_job(job_id: str, owner: str) -> dict[str, Any]:
         job = store.get(job_id)
@@ -313,10 +307,19 @@ def create_app(config: ServerConfig) -> FastAPI:
         if not isinstance(model, str) or not model:
             raise _error(422, "the form needs a field 'model' with a model name (GET /v1/models lists them)")
         if model not in manifests:
-            raise _error(404, f"model {model!r} is not on this server; it has: {', '.join(sorted(manifests)) or 'none'}")
+            raise _error(404, f"model {model!r} is not on this server; it has: {', '.join(sorted(manifests)) or 'none'}",
+                         MODEL)
+        raw_options = form.get("options") or "{}"
+        if not isinstance(raw_options, str):
+            raise _error(400, "the form field 'options' must be JSON text, not a file")
+        try:  # the one bounded JSON reader: size and nesting checked before parsing (400)
+            parsed = load_json(raw_options, "the form field 'options'", error=RequestError,
+                               max_bytes=MAX_OPTIONS_BYTES)
+        except UnetrppError as exc:
+            raise _error(400, str(exc)) from None
         try:
-            options = JobOptions.from_json(json.loads(str(form.get("options") or "{}")))
-        except (ValueError, AttributeError, TypeError, UnetrppError) as exc:
+            options = JobOptions.from_json(parsed)
+        except UnetrppError as exc:
             raise _error(422, f"options: {exc}") from None
         output_suffix = str(form.get("output_format") or ".seg.nrrd")
         if output_suffix not in OUTPUT_SUFFIXES:
@@ -339,11 +342,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             # file copies, unzipping and header checks: off the event loop, other requests go on
             inputs = await run_in_threadpool(_save_inputs, given, job_dir / "inputs", config.max_upload_bytes)
             if output_suffix == ".dcm" and not all((job_dir / "inputs" / r).is_dir() for r in inputs.values()):
-                raise UnetrppError("DICOM SEG output (.dcm) needs a DICOM series input (send it as a zip); "
-                                   "choose .seg.nrrd or .nii.gz for image files")
+                raise OutputError("DICOM SEG output (.dcm) needs a DICOM series input (send it as a zip); "
+                                  "choose .seg.nrrd or .nii.gz for image files")
         except UnetrppError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
-            raise _error(400, str(exc)) from None
+            raise _error(413 if exc.category == RESOURCE else 400, str(exc), exc.category) from None
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
@@ -357,7 +360,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     def job_status(job_id: str, owner: str = Depends(authenticate)) -> dict[str, Any]:
         job = owned_job(job_id, owner)
         out = {k: job.get(k) for k in ("id", "state", "model", "created", "started", "finished", "device", "error",
-                                        "output_suffix")}
+                                        "category", "output_suffix")}
         progress = pool.progress.get(job_id) if job["state"] == "running" else None
         out.update({"stage": None, "message": None, "done": None, "total": None, "fraction": None, "eta_s": None})
         out.update(progress or {})

@@ -1,6 +1,7 @@
 """Jobs persisted under the data folder, so a restart loses no finished result.
 
-    DATA/jobs/<id>/job.json              the job record (state, owner, model, options, times, error)
+    DATA/jobs/<id>/job.json              the job record (state, owner, model, options, times, error and
+                                         its category)
     DATA/jobs/<id>/inputs/<name><suffix> the uploaded input files (a DICOM series: a folder)
     DATA/jobs/<id>/result<suffix>        the segmentation, DATA/jobs/<id>/result.report.json its report
     DATA/jobs/<id>/cancel                present once a cancel was asked (the worker polls it)
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..manifest import load_json
+
 log = logging.getLogger(__name__)
 
 STATES = ("queued", "running", "done", "failed", "cancelled")
@@ -30,6 +33,8 @@ ACTIVE = ("queued", "running")
 FINISHED = ("done", "failed", "cancelled")
 _ID_RE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 RESTART_REASON = "the server restarted while this job was running; submit it again"
+#: the error category (`unetrpp.errors`) of a job the restart interrupted: the machine, not the input
+RESTART_CATEGORY = "environment"
 
 
 class JobStore:
@@ -63,7 +68,7 @@ class JobStore:
 
     def add(self, job: dict[str, Any]) -> dict[str, Any]:
         job = {"state": "queued", "created": time.time(), "started": None, "finished": None, "error": None,
-               "device": None, **job}
+               "category": None, "device": None, **job}
         with self._lock:
             self._jobs[job["id"]] = job
             self._save(job)
@@ -115,14 +120,14 @@ class JobStore:
         for folder in sorted(self.root.iterdir()):
             record = folder / "job.json"
             try:
-                job = json.loads(record.read_text())
+                job = load_json(record.read_bytes(), str(record), error=ValueError)
                 assert job["id"] == folder.name and job["state"] in STATES
             except (OSError, ValueError, KeyError, AssertionError, TypeError):
                 log.warning("removing %s: no readable job record (an upload interrupted by a restart?)", folder)
                 shutil.rmtree(folder, ignore_errors=True)
                 continue
             if job["state"] == "running":
-                job.update(state="failed", error=RESTART_REASON, finished=time.time())
+                job.update(state="failed", error=RESTART_REASON, category=RESTART_CATEGORY, finished=time.time())
             self._jobs[job["id"]] = job
             self._save(job)
         return self.queued_ids()

@@ -14,11 +14,13 @@ import multiprocessing as mp
 import os
 import queue
 import shutil
+import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import INTERNAL, RESOURCE
 from .store import JobStore
 
 log = logging.getLogger(__name__)
@@ -64,8 +66,9 @@ def _worker_main(slot: int, device: str, threads: int | None, tasks: Any, events
 
 
 def _run_task(task: dict[str, Any], slot: int, device: str, models: dict[str, Any], events: Any) -> None:
-    """Run one job; every outcome becomes one event, nothing raises."""
-    from ..errors import CancelledError, UnetrppError
+    """Run one job; every outcome becomes one event, nothing raises. A failure carries the
+    category and message of `errors.classify` (the one mapping of exceptions)."""
+    from ..errors import CANCELLED, INTERNAL, classify
     from ..outputs import OutputPlan
     from ..segmenter import Segmenter
     from .options import JobOptions
@@ -97,16 +100,18 @@ def _run_task(task: dict[str, Any], slot: int, device: str, models: dict[str, An
         result = segmenter.segment(inputs, plan, sink=sink, cancel=cancel,
                                    **JobOptions.from_json(task["options"]).run_options())
         events.put(("done", job_id, slot, {"timing_s": result.report.get("timing_s", {})}))
-    except CancelledError:
-        events.put(("cancelled", job_id, slot, {}))
-    except UnetrppError as exc:
-        events.put(("failed", job_id, slot, {"error": str(exc)}))
-    except MemoryError:
-        events.put(("failed", job_id, slot, {"error": f"the server ran out of memory on {device} for this image"}))
-    except Exception as exc:  # a bug: the log gets the traceback, the client a message
-        log.exception("job %s failed", job_id)
-        events.put(("failed", job_id, slot, {"error": f"internal error ({type(exc).__name__}) while segmenting; "
-                                                      "the server log has the details"}))
+    except Exception as exc:
+        found = classify(exc)
+        message = found.message
+        if found.category == CANCELLED:
+            events.put(("cancelled", job_id, slot, {}))
+            return
+        if isinstance(exc, MemoryError):
+            message = f"the server ran out of memory on {device} for this image"
+        elif found.category == INTERNAL:  # a bug: the log gets the traceback, the client a message
+            log.exception("job %s failed", job_id)
+            message = f"internal error ({type(exc).__name__}) while segmenting; the server log has the details"
+        events.put(("failed", job_id, slot, {"error": message, "category": found.category}))
 
 
 # The pool in the server process ------------------------------------------------------------------
@@ -180,6 +185,7 @@ class WorkerPool:
             fields: dict[str, Any] = {"state": kind, "finished": now}
             if kind == "failed":
                 fields["error"] = data["error"]
+                fields["category"] = data.get("category", INTERNAL)
             if kind == "done":
                 fields["timing_s"] = data["timing_s"]
             self.store.update(job_id, **fields)
@@ -192,10 +198,11 @@ class WorkerPool:
                 continue
             job_id = self.current[slot]
             log.error("worker %d on %s exited with code %s", slot, self.slots[slot], proc.exitcode)
-            if job_id is not None:
+            if job_id is not None:  # killed (-9: the kernel's out-of-memory killer, most often) or crashed
                 self._handle("failed", job_id, slot, {"error": (
                     f"the worker process on {self.slots[slot]} stopped unexpectedly (exit code {proc.exitcode}; "
-                    "out of memory?) while segmenting this job")})
+                    "out of memory?) while segmenting this job"),
+                    "category": RESOURCE if proc.exitcode == -signal.SIGKILL else INTERNAL})
             self._spawn(slot)
 
 
