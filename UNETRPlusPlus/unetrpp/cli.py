@@ -15,7 +15,7 @@ from .errors import UnetrppError
 log = logging.getLogger(__name__)
 
 # Sub-command modules, in the order `unetrpp --help` lists them.
-COMMANDS = ["segment", "batch", "models", "import_official", "serve"]
+COMMANDS = ["segment", "batch", "models", "import_official", "serve", "export_onnx"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -48,26 +48,51 @@ class Model:
         self.network.to(device)
         return self
 
-    def optimized(self, *, compile: bool = False) -> nn.Module:
-        """The network for inference: an eval-only module computing what `network` computes, faster
-        (unetrpp.network.fast; ~2x on CPU). Built on `network`'s current device and dtype; call again
-        after moving the model. `network` stays the faithful module (training, parity, saving)."""
-        from .network.fast import optimize_for_inference
+    def optimized(self, *, backend: str = "torch", device: str | torch.device | None = None,
+                  precision: str = "auto", compile: bool = False) -> Any:
+        """The network for inference: a callable taking a (B, C, D, H, W) float32 tensor (C, D, H, W
+        = the package's input channels and patch) and returning the logits (B, K, D, H, W).
 
-        return optimize_for_inference(self.network, compile=compile)
+        `backend="torch"` (default): an eval-only module computing what `network` computes, faster
+        (unetrpp.network.fast; ~2x on CPU), on `network`'s current device and dtype (call again after
+        moving the model). "openvino" / "onnxruntime" run the package's ONNX export (exported once
+        and cached, see `unetrpp.backends`); "auto" picks the fastest installed for `device`
+        (default: the network's device). `network` stays the faithful module (training, parity,
+        saving)."""
+        from .backends import choose_backend, prepare
+
+        if backend == "torch":
+            from .network.fast import optimize_for_inference
+
+            return optimize_for_inference(self.network, compile=compile)
+        if device is None:
+            device = next(self.network.parameters()).device
+        choice = choose_backend(backend, device, precision)
+        if choice.name == "torch":
+            from .network.fast import optimize_for_inference
+
+            return optimize_for_inference(self.network.to(device), compile=compile)
+        return prepare(self.network, choice, weights_sha256=self.manifest.weights_sha256)
+
+    def export_onnx(self, path: str | os.PathLike[str]) -> Path:
+        """Write the network as ONNX (see `unetrpp.backends.onnx_export` for opset and axes)."""
+        from .backends.onnx_export import export_onnx
+
+        return export_onnx(self.network, path)
 
     def predict(self, volume: Any, *, device: str | torch.device = "auto", fast: bool = False,
                 **options: Any) -> torch.Tensor:
         """Softmax probabilities (K, D, H, W) of a preprocessed volume (C, D, H, W) on the network's
         grid, by sliding window with this package's inference defaults (overlap, mirroring unless
         `fast`, Gaussian sigma) and the optimized network; `options` go to
-        `unetrpp.predict.predict_probabilities`. For image files use `unetrpp.Segmenter`."""
+        `unetrpp.predict.predict_probabilities` (e.g. `backend="auto"`, `report={}`). For image files use `unetrpp.Segmenter`."""
         from .predict import predict_probabilities
 
         defaults = self.manifest.inference_defaults
         kwargs: dict[str, Any] = dict(overlap=defaults.overlap, sigma_scale=defaults.gaussian_sigma_scale,
                                       mirror_axes=() if fast else defaults.mirror_axes)
         kwargs.update(options)
+        kwargs.setdefault("weights_sha256", self.manifest.weights_sha256)
         return predict_probabilities(self.network, volume, patch_size=tuple(self.manifest.network_config.patch_size),
                                      device=device, **kwargs)
 

@@ -38,6 +38,7 @@ import logging
 import math
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -47,6 +48,9 @@ from torch import nn
 from .errors import CancelledError, UnetrppError
 from .manifest import InferenceDefaults
 from .progress import CancelToken, Event, ProgressSink, StepTimer, null_sink
+
+if TYPE_CHECKING:
+    from .backends import BackendChoice
 
 log = logging.getLogger(__name__)
 
@@ -208,6 +212,12 @@ def _inference_module(network: nn.Module, device: torch.device, optimize: bool) 
         return network
 
 
+def _torch_choice(device: torch.device, reason: str) -> "BackendChoice":
+    from .backends import BackendChoice
+
+    return BackendChoice(name="torch", device=device.type, precision="f32", reason=reason)
+
+
 def _is_out_of_memory(exc: BaseException) -> bool:
     oom = getattr(torch, "OutOfMemoryError", None) or getattr(torch.cuda, "OutOfMemoryError", None)
     if oom is not None and isinstance(exc, oom):
@@ -220,9 +230,14 @@ class _Runner:
     the batch size and the fall-backs after CUDA out-of-memory errors."""
 
     def __init__(self, network: nn.Module, device: torch.device, amp: bool, flips: list[tuple[int, ...]],
-                 gaussian: np.ndarray, batch_size: int, optimize: bool, sink: ProgressSink) -> None:
+                 gaussian: np.ndarray, batch_size: int, optimize: bool, sink: ProgressSink,
+                 backend: "BackendChoice | None" = None, weights_sha256: str | None = None,
+                 backend_requested: str = "torch") -> None:
         self.network = network
         self.optimize = optimize
+        self.backend = backend
+        self.backend_requested = backend_requested
+        self.weights_sha256 = weights_sha256
         self.flips = flips
         self.gaussian_cpu = torch.from_numpy(np.array(gaussian))
         self.batch_size = batch_size
@@ -237,6 +252,26 @@ class _Runner:
             self._use(torch.device("cpu"), amp=False)
 
     def _use(self, device: torch.device, amp: bool) -> None:
+        choice = self.backend
+        if choice is not None and choice.name != "torch" and device.type == choice.device:
+            from .backends import prepare
+
+            try:
+                self.module = prepare(self.network, choice, weights_sha256=self.weights_sha256)
+            except Exception as exc:
+                if self.backend_requested != "auto":
+                    raise
+                self._warn(f"backend {choice.name} unavailable ({type(exc).__name__}: {exc}); using PyTorch")
+                log.debug("backend failure", exc_info=True)
+                self.backend = _torch_choice(device, f"fallback: {choice.name} failed ({type(exc).__name__})")
+            else:
+                self.device = device
+                self.amp = False
+                self.dtype = torch.float32
+                self.gaussian = self.gaussian_cpu.to(device)
+                return
+        elif choice is not None and choice.name != "torch":  # moved to another device (CUDA OOM -> CPU)
+            self.backend = _torch_choice(device, f"moved to {device.type}")
         self.device = device
         self.amp = bool(amp) and device.type == "cuda"
         self.module = _inference_module(self.network, device, self.optimize)
@@ -293,6 +328,20 @@ class _Runner:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
 
+def _backend_choice(network: nn.Module, backend: str | None, precision: str | None, device: torch.device,
+                    optimize: bool) -> "BackendChoice":
+    from .backends import choose_backend
+    from .network import UNETRPP
+
+    requested = (backend or "auto").strip().lower()
+    if requested in ("auto", "torch") and (not isinstance(network, UNETRPP) or not optimize
+                                           or _network_dtype(network) != torch.float32):
+        reason = ("requested" if requested == "torch" else
+                  "not a float32 UNETR++ network, or the faithful network was asked for (optimize=False)")
+        return choose_backend("torch", device) if requested == "torch" else _torch_choice(device, reason)
+    return choose_backend(requested, device, precision)
+
+
 # Sliding window ---------------------------------------------------------------------------------
 def _window_slices(start: Sequence[int], below: Sequence[int], size: Sequence[int],
                    patch_size: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -321,11 +370,19 @@ def predict_probabilities(
     sink: ProgressSink = null_sink,
     cancel: CancelToken | None = None,
     optimize: bool = True,
+    backend: str = "torch",
+    precision: str = "auto",
+    weights_sha256: str | None = None,
+    report: dict | None = None,
 ) -> torch.Tensor:
     """Softmax probabilities (K, D, H, W), float32 on the CPU, of a preprocessed `volume`
     (C, D, H, W) by sliding-window inference with Gaussian weighting and mirroring (see the module
     docstring). `mirror_axes=()` turns test-time augmentation off (`--fast`). `optimize=False`
     runs the faithful network instead of the fast inference path (unetrpp.network.fast).
+    `backend` ("torch", "openvino", "onnxruntime" or "auto", see `unetrpp.backends`) and
+    `precision` choose what runs the network (a UNETRPP; anything else always runs in PyTorch);
+    `weights_sha256` keys the compiled-network caches; `report`, when given, receives
+    report["backend"] = {name, device, precision, reason}.
     The network is returned to its original device afterwards."""
     volume = torch.as_tensor(volume)
     if volume.dim() != 4:
@@ -350,8 +407,13 @@ def predict_probabilities(
         len(starts), patch, size, padded, len(flips), batch_size, dev, ", AMP" if amp and dev.type == "cuda" else "",
     )
 
+    choice = _backend_choice(network, backend, precision, dev, optimize)
+    log.info("backend %s (%s, %s): %s", choice.name, choice.device, choice.precision, choice.reason)
     home = _network_device(network)
-    runner = _Runner(network, dev, amp, flips, gaussian, batch_size, optimize, sink)
+    runner = _Runner(network, dev, amp, flips, gaussian, batch_size, optimize, sink, backend=choice,
+                     weights_sha256=weights_sha256, backend_requested=(backend or "auto").lower())
+    if report is not None:
+        report["backend"] = runner.backend.as_dict()
     channels = volume.shape[0]
     accumulator: torch.Tensor | None = None
     weights = torch.zeros(size, dtype=torch.float32)

@@ -1,0 +1,186 @@
+"""Where the network runs: PyTorch, or the ONNX export in OpenVINO or ONNX Runtime.
+
+    choice = choose_backend("auto", device="cpu")     # BackendChoice(name, device, precision, reason)
+    net = prepare(network, choice, weights_sha256=...) # callable (B, C, D, H, W) -> logits (B, K, D, H, W)
+
+* `torch`: the engine's optimized PyTorch network (`unetrpp.network.fast`), any device.
+* `openvino`: the ONNX export compiled by OpenVINO for the CPU (the `[cpu]` extra).
+* `onnxruntime`: the ONNX export in ONNX Runtime (CPU, or CUDA with onnxruntime-gpu).
+* `auto`: OpenVINO on a CPU when it is installed (1.25-2x the PyTorch path on the development
+  machines, docs/benchmarks.md), else PyTorch; PyTorch on CUDA and MPS (float16 autocast on CUDA).
+
+Precision: `f32` everywhere by default. `bf16` (OpenVINO on CPUs with native bfloat16) and `f16`
+(ONNX Runtime / OpenVINO) are explicit options; labels with them are measured in
+docs/benchmarks.md. int8 is not offered (it needs a calibration set per model).
+
+Compiled networks are cached: the ONNX export once per package and patch on disk
+($UNETRPP_HOME/cache/onnx), OpenVINO's compiled blob on disk (its CACHE_DIR), and the compiled
+network per package, shape, precision and thread count in this process (`prepare`).
+
+Nothing here is imported by `unetrpp` at start-up, and every optional backend is imported only when
+chosen: with only PyTorch installed, `auto` is `torch`. UNETRPP_HIDE_BACKENDS=openvino,onnxruntime
+makes installed backends invisible (tests, and users who want PyTorch everywhere).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..errors import EnvironmentProblem
+
+log = logging.getLogger(__name__)
+
+BACKEND_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
+PRECISION_CHOICES = ("auto", "f32", "bf16", "f16")
+_OPTIONAL = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
+_INSTALL_HINT = {
+    "openvino": "pip install 'unetrpp[cpu]' (or: pip install openvino onnx)",
+    "onnxruntime": "pip install 'unetrpp[onnx]' (or: pip install onnxruntime onnx)",
+}
+
+
+class BackendError(EnvironmentProblem):
+    """The requested backend is unknown, not installed or cannot run on the requested device."""
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """What runs the network: backend name, torch device type, precision, and why (for the report)."""
+
+    name: str
+    device: str
+    precision: str
+    reason: str
+
+    def as_dict(self) -> dict[str, str]:
+        return asdict(self)
+
+
+def _hidden() -> set[str]:
+    return {s.strip().lower() for s in os.environ.get("UNETRPP_HIDE_BACKENDS", "").split(",") if s.strip()}
+
+
+def is_installed(name: str) -> bool:
+    """Whether backend `name` can be imported here (torch always can)."""
+    if name == "torch":
+        return True
+    module = _OPTIONAL.get(name)
+    if module is None or name in _hidden():
+        return False
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a blocked or broken module (sys.modules[name] = None)
+        return False
+
+
+def installed_backends() -> list[str]:
+    return [b for b in BACKEND_CHOICES[1:] if is_installed(b)]
+
+
+def _device_type(device: Any) -> str:
+    text = str(device or "cpu").lower()
+    return text.split(":", 1)[0]
+
+
+def choose_backend(backend: str | None = "auto", device: Any = "cpu", precision: str | None = "auto") -> BackendChoice:
+    """The backend for `device` ("cpu", "cuda", "cuda:1", "mps" or a torch.device): `backend` as
+    given when it can run there (BackendError otherwise), or for "auto" the fastest installed."""
+    name = (backend or "auto").strip().lower()
+    prec = (precision or "auto").strip().lower()
+    if name not in BACKEND_CHOICES:
+        raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
+    if prec not in PRECISION_CHOICES:
+        raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)} "
+                           "(int8 is not offered: it needs a calibration set per model)")
+    dev = _device_type(device)
+    if name == "auto":
+        if dev != "cpu":
+            name, reason = "torch", f"PyTorch on {dev}" + (" (float16 autocast)" if dev == "cuda" else "")
+        elif is_installed("openvino"):
+            name, reason = "openvino", "OpenVINO is installed and runs UNETR++ faster than PyTorch on CPUs"
+        else:
+            name, reason = "torch", ("PyTorch optimized CPU path (OpenVINO not installed: "
+                                     f"{_INSTALL_HINT['openvino']} for the faster CPU backend)")
+    else:
+        reason = "requested"
+        if not is_installed(name):
+            raise BackendError(f"backend {name!r} is not installed: {_INSTALL_HINT[name]}")
+        if name == "openvino" and dev != "cpu":
+            raise BackendError(f"backend 'openvino' runs on the CPU only, not on {dev}; use --device cpu "
+                               "or --backend torch")
+        if name == "onnxruntime" and dev not in ("cpu", "cuda"):
+            raise BackendError(f"backend 'onnxruntime' runs on the CPU or CUDA, not on {dev}")
+    if prec == "auto":
+        prec = "f32"  # reduced precision only when asked: see docs/benchmarks.md (labels vs float32)
+    elif name == "torch" and prec != "f32":
+        raise BackendError("precision applies to the openvino and onnxruntime backends; the torch backend runs "
+                           "float32 (with float16 autocast on CUDA)")
+    elif name == "onnxruntime" and prec == "bf16":
+        raise BackendError("ONNX Runtime offers f32 or f16 here; bf16 is an OpenVINO option")
+    return BackendChoice(name=name, device=dev, precision=prec, reason=reason)
+
+
+# Compiled networks, per process ------------------------------------------------------------
+_CACHE: "OrderedDict[tuple, Callable]" = OrderedDict()
+_CACHE_LOCK = threading.Lock()
+_CACHE_SIZE = 4
+
+
+def _threads() -> int:
+    import torch
+
+    return max(1, int(torch.get_num_threads()))
+
+
+def prepare(network: Any, choice: BackendChoice, *, weights_sha256: str | None = None, optimize: bool = True) -> Callable:
+    """A callable running `network` (a faithful UNETRPP) on `choice`: (B, C, D, H, W) float32
+    tensor -> logits (B, K, D, H, W) float32 tensor. ONNX-based backends are cached per package
+    (weights SHA256), shape, precision and thread count."""
+    if choice.name == "torch":
+        import torch
+
+        from ..predict import _inference_module
+
+        return _inference_module(network, torch.device(choice.device if choice.device != "cuda" else "cuda"), optimize)
+    from .onnx_export import cached_onnx, export_key
+
+    key = (choice.name, choice.device, choice.precision, export_key(network, weights_sha256),
+           tuple(network.config.input_shape), _threads())
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            _CACHE.move_to_end(key)
+            log.info("compiled %s network from this process's cache", choice.name)
+            return hit
+    path = cached_onnx(network, weights_sha256)
+    if choice.name == "openvino":
+        from .runtimes import OpenVINONetwork
+
+        runner: Callable = OpenVINONetwork(path, network.config.input_shape, precision=choice.precision,
+                                           threads=_threads())
+    else:
+        from .runtimes import OnnxRuntimeNetwork
+
+        runner = OnnxRuntimeNetwork(path, device=choice.device, precision=choice.precision, threads=_threads())
+    with _CACHE_LOCK:
+        _CACHE[key] = runner
+        while len(_CACHE) > _CACHE_SIZE:
+            _CACHE.popitem(last=False)
+    return runner
+
+
+def clear_cache() -> None:
+    """Forget the compiled networks of this process (the on-disk caches stay)."""
+    with _CACHE_LOCK:
+        _CACHE.clear()
+
+
+__all__ = ["BACKEND_CHOICES", "PRECISION_CHOICES", "BackendChoice", "BackendError", "choose_backend",
+           "installed_backends", "is_installed", "prepare", "clear_cache"]
