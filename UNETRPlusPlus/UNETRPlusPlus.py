@@ -31,6 +31,7 @@ from UNETRPlusPlusLib.segment import SegmentationLogic, resolve_model
 from UNETRPlusPlusLib.parameters import Parameters, parameter_node
 from UNETRPlusPlusLib.process import GpuProbe
 from UNETRPlusPlusLib.remote_panel import ServerPanel
+from UNETRPlusPlusLib.results import overall_quality, result_rows
 from UNETRPlusPlusLib.state import MAX_INPUT_SELECTORS, GuiState, device_choices, official_variant_choice
 from UNETRPlusPlusLib.terminologies import load_terminology
 from UNETRPlusPlusLib.training_panel import TrainingPanel
@@ -297,6 +298,30 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def taskRunning(self):
         return self.task is not None or (self.run is not None and not self.run.done)
 
+    def showResults(self, report):
+        """The results table: volume per structure, its quality status coloured, the reasons on
+        hover, a volume cut by the field of view marked as a lower bound (UNETRPlusPlusLib/results.py)."""
+        rows = result_rows(report)
+        table = self.ui.resultsTable
+        table.setRowCount(len(rows))
+        for r, row in enumerate(rows):
+            cells = [row.name, row.volume_text, row.status_text]
+            for c, text in enumerate(cells):
+                item = qt.QTableWidgetItem(text)
+                item.setToolTip(row.tooltip)
+                if c == 2 and row.colour:
+                    item.setBackground(qt.QBrush(qt.QColor(row.colour)))
+                if c == 1 and row.partial:
+                    item.setForeground(qt.QBrush(qt.QColor("#8a4b00")))
+                table.setItem(r, c, item)
+        table.resizeColumnsToContents()
+        table.visible = bool(rows)
+        status, text = overall_quality(report)
+        self.ui.qualityLabel.text = text
+        self.ui.qualityLabel.visible = bool(text)
+        if status in ("review", "fail"):
+            self.state.log.append(text)
+
     def appendLog(self):
         text = "\n".join(self.state.log)
         if self.ui.statusLog.toPlainText() != text:
@@ -357,6 +382,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         inputs = self.currentInputs()
         self.state.start_run()
+        self.ui.resultsTable.visible = self.ui.qualityLabel.visible = False
         try:
             self.serverPanel.apply_to(self.logic)  # local worker, or the same worker with --server
             self.run = self.logic.start(
@@ -394,6 +420,7 @@ class UNETRPlusPlusWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.state.finish_run(message=_("Done in {seconds} s: {name}").format(
                     seconds=f"{result.seconds:.1f}", name=result.segmentation_node.GetName()))
                 self.ui.outputSelector.setCurrentNode(result.segmentation_node)
+                self.showResults(result.report)
                 self.trainingPanel.segmentationSelector.setCurrentNode(result.segmentation_node)
                 slicer.util.setSliceViewerLayers(background=run.reference, fit=False)
         self.updateGUI()

@@ -12,6 +12,7 @@ import slicer
 import vtk
 
 from .errors import InputError, ModuleError, WorkerError
+from .results import result_rows
 from .state import VolumeInfo
 
 
@@ -164,23 +165,34 @@ def remove_nodes(scene: Any, nodes: list[Any]) -> None:
 
 # The table of volumes ----------------------------------------------------------------------------
 def volume_table(scene: Any, name: str, report: dict[str, Any], model_name: str) -> Any | None:
-    """A table node with one row per segment and region of the engine's report."""
-    rows = [(str(s.get("name", s.get("value"))), str(s.get("value", "")), int(s.get("voxels", 0)),
-             float(s.get("volume_ml", 0.0))) for s in report.get("segments", [])]
-    rows += [(str(r.get("name")), "+".join(map(str, r.get("labels", []))), int(r.get("voxels", 0)),
-              float(r.get("volume_ml", 0.0))) for r in report.get("regions", [])]
+    """A table node with one row per segment and region of the engine's report (results.py): volume,
+    and where the report has them the quality status, whether the volume is a lower bound (cut by
+    the field of view) and the reasons for doubt."""
+    rows = result_rows(report)
     if not rows:
         return None
+    with_quality = any(r.status for r in rows)
     table = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     columns = [vtk.vtkStringArray(), vtk.vtkStringArray(), vtk.vtkIntArray(), vtk.vtkDoubleArray()]
-    for column, title in zip(columns, ("Segment", "Label", "Voxels", "Volume [mL]")):
+    titles = ["Segment", "Label", "Voxels", "Volume [mL]"]
+    if with_quality:
+        columns += [vtk.vtkStringArray(), vtk.vtkStringArray(), vtk.vtkStringArray()]
+        titles += ["Quality", "Volume is", "Reasons"]
+    for column, title in zip(columns, titles):
         column.SetName(title)
         table.AddColumn(column)
     t = table.GetTable()
     t.SetNumberOfRows(len(rows))
     for r, row in enumerate(rows):
-        for c, value in enumerate(row):
+        values: list[Any] = [row.name, row.label, row.voxels, row.volume_ml]
+        if with_quality:
+            values += [row.status_text, "lower bound (cut by the field of view)" if row.partial else "",
+                       "; ".join(row.reasons)]
+        for c, value in enumerate(values):
             t.SetValue(r, c, vtk.vtkVariant(value))
     table.SetAttribute("UNETRPlusPlus.model", model_name)
+    status = (report.get("quality") or {}).get("status") if isinstance(report.get("quality"), dict) else None
+    if status:
+        table.SetAttribute("UNETRPlusPlus.quality", str(status))
     table.Modified()
     return table
