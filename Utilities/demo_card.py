@@ -80,6 +80,7 @@ def main() -> int:
     card["calibration"] = {"temperature": t, "cases": 1, "ece_before": round(before, 5), "ece_after": round(after, 5),
                            "fitted_on": "held-out CT (TotalSegmentator example_ct_dicom), its feet-ward half; ECE on the "
                                         "head-ward half"}
+    qc.add_reference_uncertainty(card, [probs], t)  # the validation (= training) case, with the temperature
     print(f"held-out DICOM CT: T {t} fitted on {half} of {p.shape[1]} network slices; ECE on the others "
           f"{before:.4f} -> {after:.4f} (with the training-case T {train_cal['temperature']}: {with_train_t:.4f})")
     print(json.dumps(card, indent=1)[:3000])

@@ -327,6 +327,25 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, *, bounds: tu
     return round(math.exp((a + b) / 2), 4)
 
 
+def add_reference_uncertainty(card: dict[str, Any], probabilities: Sequence[Any], temperature: float) -> dict[str, Any]:
+    """Store per label the mean entropy inside / across the border of the predicted structure (the
+    median over the validation cases' class probabilities (K, D, H, W) on the network grid), with
+    `temperature`: the in-domain reference the uncertainty check compares a run with."""
+    from .structures import per_structure_measures, uncertainty
+
+    rows: dict[int, list[dict[str, float]]] = {}
+    values = [int(l["value"]) for l in card.get("labels", [])]
+    for p in probabilities:
+        labels, entropy = uncertainty(p, temperature)
+        for v, m in per_structure_measures(labels, entropy, values).items():
+            rows.setdefault(v, []).append(m)
+    for entry in card.get("labels", []):
+        got = rows.get(int(entry["value"]))
+        if got:
+            entry["entropy"] = {k: round(float(np.median([g[k] for g in got])), 4) for k in ("inside", "border")}
+    return card
+
+
 def calibration(probabilities: np.ndarray, labels: np.ndarray, *, fitted_on: str, cases: int = 1) -> dict[str, Any]:
     """The card's `calibration` entry: the fitted temperature and the ECE before/after on the same voxels."""
     p = np.asarray(probabilities, dtype=np.float32).reshape(probabilities.shape[0], -1)
@@ -338,7 +357,7 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, *, fitted_on: str
 
 
 __all__ = [
-    "PERCENTILES", "apply_temperature", "body_mask", "calibration", "card_from_cases", "card_from_dataset",
+    "PERCENTILES", "add_reference_uncertainty", "apply_temperature", "body_mask", "calibration", "card_from_cases", "card_from_dataset",
     "expected_calibration_error", "fit_temperature", "fragment_fraction", "geometry", "official_card",
     "orientation_code", "patient_zyx", "percentiles", "profile",
 ]
