@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="unetrpp-train",
-        description="Train UNETR++ on the benchmark datasets: convert -> plan -> train -> evaluate -> export.",
+        description="Train UNETR++ on the benchmark datasets or your own (nnU-Net raw layout): convert -> plan -> train -> "
+                    "evaluate -> export; adapt a model to corrected cases: add-case -> finetune.",
     )
     parser.add_argument("--version", action="version", version=f"unetrpp-train {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")

@@ -116,7 +116,8 @@ def _package_name(text: str) -> str:
 
 def run_manifest(run: dict[str, Any], checkpoint: dict[str, Any], checkpoint_file: Path, *,
                  name: str | None, version: str, title: str | None, description: str | None,
-                 license_text: str, metrics: dict[str, Any] | None, notes: str | None) -> dict[str, Any]:
+                 license_text: str, metrics: dict[str, Any] | None, notes: str | None,
+                 lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     """The manifest of a training run, built by the engine's `build_manifest` (schema version and
     inference defaults from `unetrpp.manifest`; only the mirror axes follow the run's augmentation)."""
     cfg = run["config"]
@@ -149,6 +150,8 @@ def run_manifest(run: dict[str, Any], checkpoint: dict[str, Any], checkpoint_fil
         "code_version": run["code_version"],
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
     }
+    if lineage:
+        provenance["lineage"] = lineage  # a fine-tune: parent, data, iterations, metrics before and after
     provenance["notes"] = notes or (
         f"Trained with unetrpp-train: {epochs_done} x {cfg['iterations_per_epoch']} iterations, batch {cfg['batch_size']}"
         f" x {run.get('world_size', 1)} process(es), {optimizer_summary(cfg)}, poly {cfg['poly_exponent']},"
@@ -277,6 +280,7 @@ def export_run(
     dtype: torch.dtype = torch.float32,
     checkpoint: str = "final",
     overwrite: bool = False,
+    lineage: dict[str, Any] | None = None,
 ) -> Path:
     run_dir = Path(run_dir)
     output = Path(output)
@@ -302,7 +306,7 @@ def export_run(
     network = build_network(net_cfg, deep_supervision=False)
     load_weights_into(network, ckpt["model"], f"checkpoint {ckpt_file}")
     manifest = run_manifest(run, ckpt, ckpt_file, name=name, version=version, title=title, description=description,
-                              license_text=license_text, metrics=metrics, notes=notes)
+                              license_text=license_text, metrics=metrics, notes=notes, lineage=lineage)
     if output.suffix == ".zip":
         save_package(network, manifest, output, overwrite=overwrite, dtype=dtype)
         written = json.loads(__import__("zipfile").ZipFile(output).read("model.json"))

@@ -26,7 +26,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader
 
 import unetrpp
 from unetrpp.atomic import staged_file, write_text
-from unetrpp.errors import UnetrppError
+from unetrpp.errors import CancelledError, UnetrppError
 from unetrpp.network import NetworkConfig, build_network, variant_config
 
 from .config import ConfigError, TrainConfig, resolve_for_plan
@@ -259,20 +259,30 @@ def train(
     device: str = "auto",
     cache_dir: str | os.PathLike[str] | None = None,
     init_from: str | os.PathLike[str] | None = None,
+    init_state: dict[str, torch.Tensor] | None = None,
+    on_step: Callable[[int, int, float, float | None], None] | None = None,
+    cancel: Any = None,
 ) -> TrainResult:
     """Train (or, with `resume`, continue) a run. `init_from`: a checkpoint whose model weights
-    start a new run (fine-tuning); optimizer, schedule and step start fresh."""
+    start a new run (fine-tuning); optimizer, schedule and step start fresh. `init_state`: the same
+    with a state dict for the network (`unetrpp-train finetune`). `on_step(done, total, loss, eta_s)`
+    is called after every step (rank 0); `cancel` (anything with `is_set()`, e.g. a threading.Event
+    set by a SIGTERM handler) stops the run after the current step: a checkpoint is written, then
+    CancelledError is raised (resume with `--resume`)."""
     run_dir = Path(run_dir)
     ddp, dev = setup_distributed(device)
     try:
-        return _train(cfg, Path(data_dir), run_dir, resume, ddp, dev, cache_dir, init_from)
+        return _train(cfg, Path(data_dir), run_dir, resume, ddp, dev, cache_dir, init_from, init_state, on_step,
+                      cancel)
     finally:
         if ddp.enabled and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: Dist, dev: torch.device,
-           cache_dir: str | os.PathLike[str] | None, init_from: str | os.PathLike[str] | None = None) -> TrainResult:
+           cache_dir: str | os.PathLike[str] | None, init_from: str | os.PathLike[str] | None = None,
+           init_state: dict[str, torch.Tensor] | None = None,
+           on_step: Callable[[int, int, float, float | None], None] | None = None, cancel: Any = None) -> TrainResult:
     info = read_dataset(data_dir)
     if has_official_split(cfg.dataset) and not cfg.custom_split:
         check_official_split(cfg.dataset, info.splits, f"{data_dir / 'dataset.json'}", all_cases=list(info.cases))
@@ -338,6 +348,8 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     if init_from and checkpoint is None:
         network.load_state_dict(read_checkpoint(Path(init_from))["model"])
         log.info("initial weights from %s", init_from)
+    if init_state is not None and checkpoint is None:
+        network.load_state_dict(init_state)
     random.seed(cfg.seed + ddp.rank)
     np.random.seed(cfg.seed + ddp.rank)
     torch.manual_seed(cfg.seed + 1000 * ddp.rank)
@@ -474,6 +486,9 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         steps_done += 1
         if not np.isfinite(last_loss):
             raise TrainingError(f"the loss became {last_loss} at step {step}; lower the learning rate or check the data")
+        if on_step is not None and ddp.is_main:
+            rate = steps_done / max(step_total, 1e-9)
+            on_step(step + 1, total_steps, last_loss, (total_steps - step - 1) / max(rate, 1e-9))
 
         if ddp.is_main and ((it + 1) % log_every == 0 or it + 1 == cfg.iterations_per_epoch):
             rate = steps_done / max(step_total, 1e-9)
@@ -516,6 +531,10 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
             epoch_loss, epoch_wait, epoch_time = [], 0.0, 0.0
             if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
                 save(step + 1, ckpt_path)
+        if cancel is not None and cancel.is_set() and step + 1 < total_steps:
+            save(step + 1, ckpt_path)
+            raise CancelledError(f"training cancelled after step {step + 1} of {total_steps}; the checkpoint "
+                                 f"{ckpt_path} holds it (continue with --resume)")
 
     if ddp.enabled:
         for buf in network.buffers():
