@@ -138,3 +138,42 @@ def test_bundled_demo_model_is_offered_and_not_removable(home, monkeypatch):
     state.set_models(models)
     state.model_name = "demo-abdomen-ct"
     assert state.model.bundled
+
+
+# synapse (DDP prefix, one CT input) and brats (no prefix, four MRI inputs, regions); all four variants
+# go through the same reader in Testing/engine/test_official_import.py (about a minute each here)
+@pytest.mark.parametrize("variant", ["synapse", "brats"])
+def test_install_from_file_a_full_size_official_checkpoint_written_by_numpy1(home, tmp_path, variant):
+    """Issue 22: the module's "Install from file..." path (the variant dialog's answer, then
+    ModelManager.install_from_file in the engine's process) with a full-size checkpoint in the
+    container the official trainers publish, pickled by numpy 1.x: installed, listed with the
+    variant's inputs and labels, every weight unchanged."""
+    import torch
+    from support.official_checkpoint import pickle_globals, write_numpy1_official_checkpoint
+
+    import unetrpp
+    from UNETRPlusPlusLib.state import official_variant_choice
+
+    ckpt = tmp_path / "model_final_checkpoint.model"
+    net = write_numpy1_official_checkpoint(ckpt, variant, prefix="module." if variant != "brats" else "")
+    assert "numpy.core.multiarray scalar" in pickle_globals(ckpt)
+    manager = ModelManager()
+    with pytest.raises(ModelError) as info:  # without the variant the module asks for it first
+        manager.install_from_file(ckpt)
+    assert info.value.kind == "needs-variant"
+    chosen = official_variant_choice(True, variant, ("synapse", "acdc", "brats", "lung"))
+    events = []
+    path = manager.install_from_file(ckpt, official_variant=chosen, on_event=events.append).wait(timeout=600)
+    ckpt.unlink()  # full-size files: keep the temporary folder small
+    assert path.parent == home / "models" and (path / "weights.safetensors").is_file()
+    (model,) = modelstore.installed_models()
+    assert model.path == path and model.variant == variant and model.source == "official-checkpoint"
+    state = GuiState()
+    state.set_models(modelstore.available_models())
+    state.select_model(model.name)
+    assert state.model.installed and state.required_inputs() == model.inputs
+    expected = net.state_dict()
+    loaded = unetrpp.load(path).network.state_dict()
+    assert set(loaded) <= set(expected) and len(loaded) > 100  # the deep-supervision heads are not kept
+    assert all(torch.equal(v, expected[k]) for k, v in loaded.items())
+    assert not any(e.get("event") == "error" for e in events)
