@@ -109,6 +109,126 @@ def test_dicom_reverse_file_order_gives_same_volume(data_dir, tmp_path):
     np.testing.assert_array_equal(img.array, ref.array)
 
 
+# Enhanced (multi-frame) DICOM ---------------------------------------------------------------------
+def _legacy_enhanced_ct(data_dir: Path, transfer_syntax: str) -> pydicom.Dataset:
+    """A real Legacy Converted Enhanced CT (highdicom) of the shared 20-slice series."""
+    import highdicom as hd
+
+    sources = []
+    for f in sorted((data_dir / DICOM).iterdir()):
+        ds = pydicom.dcmread(f)
+        if not ds.get("SOPInstanceUID"):  # these files carry their SOP UIDs in the file meta only
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
+        sources.append(ds)
+    return hd.legacy.LegacyConvertedEnhancedCTImage(
+        sources, series_instance_uid=hd.UID(), series_number=100, sop_instance_uid=hd.UID(), instance_number=1,
+        transfer_syntax_uid=transfer_syntax)
+
+
+def _with_frames(ds: pydicom.Dataset, order: list[int]) -> pydicom.Dataset:
+    """A copy of an uncompressed multi-frame data set holding its frames in `order` (pixel data
+    and per-frame functional groups move together)."""
+    out = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_to_bytes(ds)))
+    frames = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
+    out.PixelData = np.ascontiguousarray(frames[order]).tobytes()
+    out.PerFrameFunctionalGroupsSequence = [ds.PerFrameFunctionalGroupsSequence[i] for i in order]
+    out.NumberOfFrames = len(order)
+    return out
+
+
+def _to_bytes(ds: pydicom.Dataset) -> bytes:
+    buf = pydicom.filebase.DicomBytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def enhanced_ct(data_dir, tmp_path_factory) -> dict[str, Path]:
+    """Folders each holding one Enhanced CT file of the shared series: as highdicom writes it
+    (JPEG 2000 like the source, frames feet-ward: z decreasing), and uncompressed with its frames
+    stored head-ward (z increasing)."""
+    from pydicom.uid import ExplicitVRLittleEndian
+
+    root = tmp_path_factory.mktemp("enhanced")
+    out = {}
+    feet = _legacy_enhanced_ct(data_dir, pydicom.dcmread(next((data_dir / DICOM).iterdir())).file_meta.TransferSyntaxUID)
+    plain = _legacy_enhanced_ct(data_dir, ExplicitVRLittleEndian)
+    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in plain.PerFrameFunctionalGroupsSequence]
+    assert z == sorted(z, reverse=True)  # highdicom stores them feet-ward, as the instance numbers run
+    head = _with_frames(plain, list(range(len(z)))[::-1])
+    for name, ds in (("feetward", feet), ("headward", head), ("plain", plain)):
+        (root / name).mkdir()
+        ds.save_as(root / name / "enhanced.dcm", enforce_file_format=True)
+        out[name] = root / name
+    return out
+
+
+@pytest.mark.parametrize("order", ["feetward", "headward"])
+def test_enhanced_ct_reads_as_the_series(data_dir, enhanced_ct, order):
+    """One Enhanced CT file, as a folder or as the path, is the same volume as the series it was
+    made from: the same voxels in the same order, spacing, origin and direction."""
+    ref = read_image(data_dir / DICOM)
+    for path in (enhanced_ct[order], enhanced_ct[order] / "enhanced.dcm"):
+        img = read_image(path)
+        _assert_same_geometry(ref, img, tol=1e-9)
+        np.testing.assert_array_equal(img.array, ref.array)
+        assert img.array.dtype == ref.array.dtype
+        assert img.meta["dicom_encoding"] == "multi-frame" and img.meta["n_frames"] == 20
+
+
+def test_enhanced_ct_with_a_missing_frame_refused(enhanced_ct, tmp_path):
+    plain = pydicom.dcmread(enhanced_ct["plain"] / "enhanced.dcm")
+    (tmp_path / "gap").mkdir()
+    _with_frames(plain, [i for i in range(20) if i != 7]).save_as(tmp_path / "gap" / "e.dcm")
+    for path in (tmp_path / "gap", tmp_path / "gap" / "e.dcm"):
+        with pytest.raises(InputImageError, match=r"about 1 missing slice\(s\).*4\.000 mm apart.*2\.000 mm"):
+            read_image(path)
+
+
+def test_enhanced_ct_tilted_or_duplicated_frames_refused(enhanced_ct, tmp_path):
+    """Frame positions shifted within the plane (gantry tilt) or repeated (several time points):
+    the same refusals as for a series."""
+    for name, change, message in (
+        ("tilt", lambda i, p: [p[0], p[1] + 0.5 * i, p[2]], "shifted within their plane .*gantry tilt"),
+        ("same", lambda i, p: [p[0], p[1], -766.5 if i == 3 else p[2]], "two slices at the same position"),
+    ):
+        ds = pydicom.dcmread(enhanced_ct["plain"] / "enhanced.dcm")
+        for i, item in enumerate(ds.PerFrameFunctionalGroupsSequence):
+            pos = item.PlanePositionSequence[0]
+            pos.ImagePositionPatient = change(i, [float(v) for v in pos.ImagePositionPatient])
+        ds.save_as(tmp_path / f"{name}.dcm")
+        with pytest.raises(InputImageError, match=message):
+            read_image(tmp_path / f"{name}.dcm")
+
+
+def test_enhanced_ct_geometry_from_shared_groups(enhanced_ct, tmp_path):
+    """Orientation and pixel spacing may be per frame instead of shared: the same volume."""
+    ds = pydicom.dcmread(enhanced_ct["plain"] / "enhanced.dcm")
+    shared = ds.SharedFunctionalGroupsSequence[0]
+    for item in ds.PerFrameFunctionalGroupsSequence:
+        item.PlaneOrientationSequence = shared.PlaneOrientationSequence
+        item.PixelMeasuresSequence = shared.PixelMeasuresSequence
+    del shared.PlaneOrientationSequence
+    del shared.PixelMeasuresSequence
+    ds.save_as(tmp_path / "per_frame.dcm")
+    ref = read_image(enhanced_ct["plain"])
+    img = read_image(tmp_path / "per_frame.dcm")
+    _assert_same_geometry(ref, img, tol=0)
+    np.testing.assert_array_equal(img.array, ref.array)
+    # a frame whose pixel spacing differs from the others: one volume needs one spacing
+    ds.PerFrameFunctionalGroupsSequence[4].PixelMeasuresSequence = [pydicom.Dataset()]
+    ds.PerFrameFunctionalGroupsSequence[4].PixelMeasuresSequence[0].PixelSpacing = [0.5, 0.5]
+    ds.save_as(tmp_path / "mixed_spacing.dcm")
+    with pytest.raises(InputImageError, match="pixel spacing"):
+        read_image(tmp_path / "mixed_spacing.dcm")
+
+
+def test_single_dicom_slice_is_2d(data_dir):
+    with pytest.raises(InputImageError, match="single slice: it is 2D data"):
+        read_image(data_dir / "dicom_single/CT_small.dcm")
+
+
 def test_dicom_mixed_series_named_and_selectable(data_dir, tmp_path):
     files = _copy_series(data_dir, tmp_path / "mixed")
     for i, f in enumerate(files):
