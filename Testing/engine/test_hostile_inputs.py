@@ -239,3 +239,51 @@ def test_in_memory_sheared_image_refused_by_the_api():
     img.direction = np.array([[1.0, 0.4, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     with pytest.raises(InputImageError, match="not orthonormal"):
         segment(DEMO_MODEL, img)
+
+
+# Paths that are not files or folders --------------------------------------------------------------
+def _special_paths(tmp_path: Path) -> dict[str, Path]:
+    """A symbolic link loop, a link to nothing, a FIFO (reading it would block), a character device."""
+    import os
+
+    (tmp_path / "a.nii.gz").symlink_to(tmp_path / "b.nii.gz")
+    (tmp_path / "b.nii.gz").symlink_to(tmp_path / "a.nii.gz")
+    (tmp_path / "dangling.nii.gz").symlink_to(tmp_path / "nowhere.nii.gz")
+    os.mkfifo(tmp_path / "fifo.nii.gz")
+    (tmp_path / "zero.nii.gz").symlink_to("/dev/zero")
+    return {"symbolic link loop": tmp_path / "a.nii.gz", "which does not exist": tmp_path / "dangling.nii.gz",
+            "a FIFO": tmp_path / "fifo.nii.gz", "a character device": tmp_path / "zero.nii.gz"}
+
+
+def test_special_paths_are_input_errors(tmp_path):
+    from unetrpp.errors import classify
+    from unetrpp.image import source_files
+
+    for what, path in _special_paths(tmp_path).items():
+        with pytest.raises(InputImageError, match=what) as err:
+            read_image(path)
+        assert classify(err.value).category == "input"
+    # the output plan resolves input paths (to protect them): a loop is an input error there too
+    with pytest.raises(InputImageError, match="symbolic link loop"):
+        source_files(tmp_path / "a.nii.gz")
+
+
+def test_cli_refuses_special_paths(tmp_path):
+    paths = _special_paths(tmp_path)
+    for what in ("symbolic link loop", "a FIFO"):
+        proc = segment([paths[what], "-o", tmp_path / f"{what.replace(' ', '_')}.seg.nrrd"], tmp_path)
+        assert_refused(proc, what)
+
+
+def test_dicom_folder_with_special_entries_refused(data_dir, tmp_path):
+    """GDCM's folder scan silently drops slices beside a FIFO and finds no series beside a link loop:
+    such a folder is refused, naming the entry, instead of giving a volume with slices missing."""
+    import os
+
+    for what, make in (("a FIFO", lambda p: os.mkfifo(p / "zz")),
+                       ("a symbolic link loop", lambda p: ((p / "a").symlink_to(p / "b"), (p / "b").symlink_to(p / "a")))):
+        folder = tmp_path / what.replace(" ", "_")
+        shutil.copytree(data_dir / "ct_dicom/example_ct_dicom", folder)
+        make(folder)
+        with pytest.raises(InputImageError, match=f"DICOM folder .* which is {what}"):
+            read_image(folder)

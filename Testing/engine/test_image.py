@@ -15,6 +15,8 @@ import SimpleITK as sitk
 from unetrpp.errors import InputImageError
 from unetrpp.image import Image, read_image, write_image
 
+from support.dicom import make_enhanced_ct, with_frames
+
 CT = "ct/example_ct_sm.nii.gz"
 DICOM = "ct_dicom/example_ct_dicom"
 OBLIQUE = "mr_brain/raw_unregistered/TCGA-FG-6692-t1c.nii.gz"
@@ -110,58 +112,11 @@ def test_dicom_reverse_file_order_gives_same_volume(data_dir, tmp_path):
 
 
 # Enhanced (multi-frame) DICOM ---------------------------------------------------------------------
-def _legacy_enhanced_ct(data_dir: Path, transfer_syntax: str) -> pydicom.Dataset:
-    """A real Legacy Converted Enhanced CT (highdicom) of the shared 20-slice series."""
-    import highdicom as hd
-
-    sources = []
-    for f in sorted((data_dir / DICOM).iterdir()):
-        ds = pydicom.dcmread(f)
-        if not ds.get("SOPInstanceUID"):  # these files carry their SOP UIDs in the file meta only
-            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-            ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        sources.append(ds)
-    return hd.legacy.LegacyConvertedEnhancedCTImage(
-        sources, series_instance_uid=hd.UID(), series_number=100, sop_instance_uid=hd.UID(), instance_number=1,
-        transfer_syntax_uid=transfer_syntax)
-
-
-def _with_frames(ds: pydicom.Dataset, order: list[int]) -> pydicom.Dataset:
-    """A copy of an uncompressed multi-frame data set holding its frames in `order` (pixel data
-    and per-frame functional groups move together)."""
-    out = pydicom.dcmread(pydicom.filebase.DicomBytesIO(_to_bytes(ds)))
-    frames = np.frombuffer(ds.PixelData, dtype=np.uint16).reshape(int(ds.NumberOfFrames), ds.Rows, ds.Columns)
-    out.PixelData = np.ascontiguousarray(frames[order]).tobytes()
-    out.PerFrameFunctionalGroupsSequence = [ds.PerFrameFunctionalGroupsSequence[i] for i in order]
-    out.NumberOfFrames = len(order)
-    return out
-
-
-def _to_bytes(ds: pydicom.Dataset) -> bytes:
-    buf = pydicom.filebase.DicomBytesIO()
-    ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
-
-
 @pytest.fixture(scope="module")
 def enhanced_ct(data_dir, tmp_path_factory) -> dict[str, Path]:
-    """Folders each holding one Enhanced CT file of the shared series: as highdicom writes it
-    (JPEG 2000 like the source, frames feet-ward: z decreasing), and uncompressed with its frames
-    stored head-ward (z increasing)."""
-    from pydicom.uid import ExplicitVRLittleEndian
-
-    root = tmp_path_factory.mktemp("enhanced")
-    out = {}
-    feet = _legacy_enhanced_ct(data_dir, pydicom.dcmread(next((data_dir / DICOM).iterdir())).file_meta.TransferSyntaxUID)
-    plain = _legacy_enhanced_ct(data_dir, ExplicitVRLittleEndian)
-    z = [float(f.PlanePositionSequence[0].ImagePositionPatient[2]) for f in plain.PerFrameFunctionalGroupsSequence]
-    assert z == sorted(z, reverse=True)  # highdicom stores them feet-ward, as the instance numbers run
-    head = _with_frames(plain, list(range(len(z)))[::-1])
-    for name, ds in (("feetward", feet), ("headward", head), ("plain", plain)):
-        (root / name).mkdir()
-        ds.save_as(root / name / "enhanced.dcm", enforce_file_format=True)
-        out[name] = root / name
-    return out
+    """Folders each holding one real Enhanced CT file of the shared series (support/dicom.py):
+    frames feet-ward (JPEG 2000, as highdicom writes them), head-ward, and feet-ward uncompressed."""
+    return make_enhanced_ct(data_dir, tmp_path_factory.mktemp("enhanced"))
 
 
 @pytest.mark.parametrize("order", ["feetward", "headward"])
@@ -180,7 +135,7 @@ def test_enhanced_ct_reads_as_the_series(data_dir, enhanced_ct, order):
 def test_enhanced_ct_with_a_missing_frame_refused(enhanced_ct, tmp_path):
     plain = pydicom.dcmread(enhanced_ct["plain"] / "enhanced.dcm")
     (tmp_path / "gap").mkdir()
-    _with_frames(plain, [i for i in range(20) if i != 7]).save_as(tmp_path / "gap" / "e.dcm")
+    with_frames(plain, [i for i in range(20) if i != 7]).save_as(tmp_path / "gap" / "e.dcm")
     for path in (tmp_path / "gap", tmp_path / "gap" / "e.dcm"):
         with pytest.raises(InputImageError, match=r"about 1 missing slice\(s\).*4\.000 mm apart.*2\.000 mm"):
             read_image(path)

@@ -20,8 +20,10 @@ multi-frame headers are read with pydicom.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,8 +59,43 @@ def is_dicom_file(path: Path) -> bool:
 
 
 # Which files ---------------------------------------------------------------------------------------
+_SPECIAL = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+            (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def special_kind(mode: int) -> str:
+    """What a path that is neither a regular file nor a folder is, in words (from its st_mode)."""
+    return next((name for test, name in _SPECIAL if test(mode)), "not a regular file")
+
+
+def check_folder_entries(folder: Path) -> None:
+    """Refuse a folder holding entries that are neither files nor folders: GDCM's scan of the folder
+    silently drops files of the series beside a FIFO, and finds no series at all beside a symbolic
+    link loop (measured with SimpleITK 2.5), so a series would lose slices without a word."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as exc:
+        raise InputImageError(f"cannot list the DICOM folder {folder} ({exc.strerror or exc})") from None
+    for entry in entries:
+        try:
+            mode = os.stat(entry.path).st_mode
+        except OSError as exc:
+            what = ("a symbolic link loop" if exc.errno == errno.ELOOP
+                    else "a symbolic link to a file that does not exist" if exc.errno in (errno.ENOENT, errno.ENOTDIR)
+                    else f"unreadable ({exc.strerror or exc})")
+        else:
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                continue
+            what = special_kind(mode)
+        raise InputImageError(
+            f"DICOM folder {folder} holds {entry.name!r}, which is {what}; a DICOM folder must hold only files "
+            "(and folders). Remove it, or copy the series to a folder of its own"
+        )
+
+
 def series_files(folder: Path, series_uid: str | None) -> tuple[str, list[str]]:
     """The SeriesInstanceUID and files of the one series in `folder` (or of `series_uid`)."""
+    check_folder_entries(folder)
     reader = sitk.ImageSeriesReader()
     shown = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)  # "No Series were found" goes to stderr otherwise

@@ -15,13 +15,9 @@ import SimpleITK as sitk
 
 from ..errors import InputImageError
 from ..formats import format_of
-from .dicom import is_dicom_file, read_dicom_file, read_dicom_series
+from .dicom import is_dicom_file, read_dicom_file, read_dicom_series, special_kind
 from .integrity import check_nifti_raw, text_header, verify_stored_data
 from .volume import Image, check_dimensions, check_finite, check_geometry
-
-_KINDS = ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
-          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
-
 
 def _loop(path: Path) -> InputImageError:
     return InputImageError(
@@ -48,7 +44,7 @@ def check_input_path(path: str | os.PathLike[str]) -> Path:
         raise InputImageError(f"input {path} cannot be read ({exc.strerror or exc})") from None
     if stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode):
         return path
-    kind = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
+    kind = special_kind(st.st_mode)
     raise InputImageError(
         f"input {path} is {kind}, not an image file or a DICOM folder; give a file (.nii.gz, .nrrd, .mha, "
         "an Enhanced DICOM file) or a DICOM series folder"
