@@ -120,3 +120,39 @@ def test_temperature_fit_recovers_a_known_temperature_and_lowers_ece():
 
 def test_worst():
     assert worst([]) == "ok" and worst(["ok", "review"]) == "review" and worst(["fail", "review"]) == "fail"
+
+
+def test_the_export_adds_a_card_with_calibration_from_the_validation_cases(tmp_path):
+    """unetrpp.quality.fit.add_card, as unetrpp_train.export calls it, on a one-case dataset in the
+    training layout (the demo model's own training CT as train and validation case)."""
+    import SimpleITK as sitk
+
+    from unetrpp.package import load
+    from unetrpp.quality.fit import add_card
+
+    sys_path_demo = pytest.importorskip("unetrpp_train.demo")
+    case = tmp_path / "cases" / "one"
+    case.mkdir(parents=True)
+    box = (slice(30, 94), slice(20, 84), slice(0, 30))  # x, y, z: one network window, keeps the test short
+    img = sitk.ReadImage(str(CT))[box]
+    sitk.WriteImage(img, str(case / "image_ct.nii.gz"))
+    seg = sitk.ReadImage(str(DATA / "ct" / "example_seg.nii.gz"))[box]
+    lab = sitk.GetImageFromArray(sys_path_demo.remap_totalseg(sitk.GetArrayFromImage(seg)))
+    lab.CopyInformation(img)
+    sitk.WriteImage(lab, str(case / "label.nii.gz"))
+    (tmp_path / "dataset.json").write_text(json.dumps({"cases": {"one": {
+        "images": {"ct": "cases/one/image_ct.nii.gz"}, "label": "cases/one/label.nii.gz"}}}))
+    model = load(DEMO)
+    manifest = copy.deepcopy(model.manifest.data)
+    manifest.pop("card")
+    add_card(manifest, model.network, {"root": str(tmp_path), "train_cases": ["one"], "val_cases": ["one"]})
+    card = manifest["card"]
+    assert card["cases"] == 1 and card["inputs"][0]["orientation"] == "RAS"
+    assert 0.25 <= card["calibration"]["temperature"] <= 8 and card["calibration"]["cases"] == 1
+    assert card["calibration"]["ece_after"] <= card["calibration"]["ece_before"] + 1e-6
+    liver = {l["value"]: l for l in card["labels"]}[6]
+    assert set(liver["entropy"]) == {"inside", "border"}
+    validate_manifest(manifest)
+    gone = copy.deepcopy(model.manifest.data)
+    gone.pop("card")
+    assert "card" not in add_card(gone, model.network, {"root": str(tmp_path / "moved")})

@@ -294,7 +294,7 @@ def expected_calibration_error(probabilities: np.ndarray, labels: np.ndarray, bi
 
 
 def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, *, bounds: tuple[float, float] = (0.25, 8.0),
-                    max_voxels: int = 1 << 20, seed: int = 0) -> float:
+                    max_voxels: int = 1 << 18, seed: int = 0) -> float:
     """The temperature minimising the negative log-likelihood of `labels` (N,) under
     softmax(log p / T) of probabilities (K, N); golden-section search on log T over `bounds`
     (a voxel subsample of at most `max_voxels`)."""
@@ -315,7 +315,7 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray, *, bounds: tu
     g = (math.sqrt(5) - 1) / 2
     c, d = b - g * (b - a), a + g * (b - a)
     fc, fd = nll(c), nll(d)
-    for _ in range(40):
+    for _ in range(25):
         if fc < fd:
             b, d, fd = d, c, fc
             c = b - g * (b - a)
