@@ -27,6 +27,7 @@ from unetrpp.network import NetworkConfig, build_network
 from unetrpp.manifest import MANIFEST_FILE, InferenceDefaults, Plan, build_manifest
 from unetrpp.official_models import PAPER, official_manifest
 from unetrpp.package import load_weights_into
+from unetrpp.quality.fit import add_card
 
 from .trainer import FINAL, LATEST, RUN_FILE, load_checkpoint
 
@@ -307,6 +308,7 @@ def export_run(
     load_weights_into(network, ckpt["model"], f"checkpoint {ckpt_file}")
     manifest = run_manifest(run, ckpt, ckpt_file, name=name, version=version, title=title, description=description,
                               license_text=license_text, metrics=metrics, notes=notes, lineage=lineage)
+    add_card(manifest, network, run["dataset"])  # the model card as data (issue 19): unetrpp.quality
     if output.suffix == ".zip":
         save_package(network, manifest, output, overwrite=overwrite, dtype=dtype)
         written = json.loads(__import__("zipfile").ZipFile(output).read("model.json"))

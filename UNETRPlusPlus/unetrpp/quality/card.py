@@ -226,19 +226,36 @@ def _read(path: Path) -> Any:
     return read_image(path)
 
 
+def case_files(root: Path, data: Mapping[str, Any], case_id: str,
+               channels: Sequence[str]) -> tuple[dict[str, Path], Path | None]:
+    """({channel: image path}, label path or None) of one case of a training dataset folder, as
+    `unetrpp_train.data.read_dataset` finds them: dataset.json's "cases" as a mapping or a list of
+    records ({"id", "images", "label"}) or ids; missing paths default to cases/<id>/image_<channel>.nii.gz
+    and cases/<id>/label.nii.gz."""
+    raw = data.get("cases") or {}
+    rec: Any = raw.get(case_id, {}) if isinstance(raw, Mapping) else next(
+        (r for r in raw if isinstance(r, Mapping) and str(r.get("id", r.get("case_id"))) == case_id), {})
+    rec = rec if isinstance(rec, Mapping) else {}
+    given = rec.get("images") if isinstance(rec.get("images"), Mapping) else {}
+    folder = root / "cases" / case_id
+    images = {ch: root / given[ch] if given.get(ch) else folder / f"image_{ch}.nii.gz" for ch in channels}
+    label = root / rec["label"] if rec.get("label") else folder / "label.nii.gz"
+    return images, label if label.is_file() else None
+
+
 def card_from_dataset(root: str | os.PathLike[str], case_ids: Sequence[str], inputs: Sequence[Mapping[str, Any]],
                       label_values: Sequence[int], **options: Any) -> dict[str, Any]:
-    """`card_from_cases` over cases of a converted training dataset (unetrpp_train.layout: dataset.json
-    with `cases/<id>` image and label paths relative to `root`)."""
+    """`card_from_cases` over cases of a converted training dataset (dataset.json under `root`; see
+    `case_files`)."""
     root = Path(root)
     data = json.loads((root / "dataset.json").read_text())
+    channels = [str(i["name"]) for i in inputs]
 
     def cases() -> Iterable[tuple[dict[str, Any], np.ndarray | None]]:
         for cid in case_ids:
-            rec = data["cases"][cid]
-            images = {name: _read(root / rel) for name, rel in rec["images"].items()}
-            label = _read(root / rec["label"]).array if rec.get("label") else None
-            yield images, label
+            image_files, label_file = case_files(root, data, cid, channels)
+            images = {name: _read(path) for name, path in image_files.items()}
+            yield images, (_read(label_file).array if label_file is not None else None)
 
     return card_from_cases(cases(), inputs, label_values, **options)
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .card import add_reference_uncertainty, calibration, card_from_dataset
+from .card import add_reference_uncertainty, calibration, card_from_dataset, case_files
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +38,11 @@ def _validation_probabilities(network: Any, manifest: Mapping[str, Any], root: P
     device = next(network.parameters()).device
     out = []
     for cid in case_ids:
-        rec = data["cases"][cid]
-        images = {name: read_image(root / rel) for name, rel in rec["images"].items()}
-        volume, _, label = preprocess(images, spec, label=read_image(root / rec["label"]))
+        image_files, label_file = case_files(root, data, cid, [i.name for i in spec.inputs])
+        if label_file is None:
+            continue
+        images = {name: read_image(path) for name, path in image_files.items()}
+        volume, _, label = preprocess(images, spec, label=read_image(label_file))
         p = predict_probabilities(network, torch.from_numpy(volume), patch_size=manifest["architecture"]["patch_size"],
                                   overlap=inference.get("overlap", 0.5), mirror_axes=(), device=device)
         out.append((p.numpy(), label))
@@ -58,8 +60,8 @@ def add_card(manifest: dict[str, Any], network: Any, dataset: Mapping[str, Any])
     values = [int(l["value"]) for l in manifest["labels"]]
     card = card_from_dataset(root, list(dataset.get("train_cases", [])), manifest["inputs"], values)
     val = list(dataset.get("val_cases", []))[:MAX_CALIBRATION_CASES]
-    if val:
-        cases = _validation_probabilities(network, manifest, root, val)
+    cases = _validation_probabilities(network, manifest, root, val) if val else []
+    if cases:
         probs = np.concatenate([p.reshape(p.shape[0], -1) for p, _ in cases], axis=1)
         labels = np.concatenate([y.ravel() for _, y in cases])
         card["calibration"] = calibration(probs, labels, fitted_on=f"{len(val)} validation case(s)", cases=len(val))
