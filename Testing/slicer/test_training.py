@@ -162,18 +162,18 @@ def test_bad_requests_are_refused_before_anything_runs(scene, home, data_dir, sy
 
 
 def test_fine_tune_done_event_gives_dice_before_and_after(tmp_path):
-    """The task's result from the command's done event (a stand-in process sends it)."""
-    done = {"event": "done", "name": "demo-ft", "outputs": {"model": str(tmp_path / "demo-ft"),
-                                                          "package": str(tmp_path / "demo-ft.zip")},
-            "metrics": {"before": {"dice": {"liver": 0.52, "spleen": 0.9}},
-                        "after": {"dice": {"liver": 0.81, "spleen": 0.91}}}}
+    """The task's result from the command's done event (the form `unetrpp-train finetune --progress
+    json` writes; a stand-in process sends it), progress relayed on the way."""
+    done = {"event": "done", "model": "demo-ft", "package": str(tmp_path / "demo-ft"), "parent": "demo",
+            "metrics": {"before": {"liver": 0.52, "spleen": 0.9}, "after": {"liver": 0.81, "spleen": 0.91}},
+            "evaluation": {"held_out": False, "cases": ["a"], "note": "evaluated on all cases"}, "iterations": 4}
     code = (f"import json; print(json.dumps({{'event': 'progress', 'stage': 'train', 'done': 5, 'total': 10, "
-            f"'fraction': 0.5, 'eta_s': 3.0}})); print(json.dumps({json.dumps(done)!s}))")
+            f"'fraction': 0.5, 'eta_s': 3.0}})); print({json.dumps(done)!r})")
     events = []
     task = FineTuneTask(WorkerProcess([sys.executable, "-c", code], env=engine_environment()), "demo-ft", events.append)
     result = task.wait(timeout=60)
-    assert isinstance(result, FineTuneResult) and result.model_name == "demo-ft"
-    assert result.model_path == tmp_path / "demo-ft" and result.package == tmp_path / "demo-ft.zip"
+    assert isinstance(result, FineTuneResult) and result.model_name == "demo-ft" and result.parent == "demo"
+    assert result.package == tmp_path / "demo-ft" and result.note == "evaluated on all cases"
     assert result.rows() == [("liver", "0.520", "0.810", "+0.290"), ("spleen", "0.900", "0.910", "+0.010")]
     assert events[0]["stage"] == "train"
 
@@ -195,3 +195,74 @@ def test_panel_decisions(tmp_path):
     assert "at least one corrected case" in finetune_problem(model, empty, False)
     full = CaseSet("s", tmp_path, ("a",), {}, ("ct",))
     assert finetune_problem(model, full, False) == "" and "running" in finetune_problem(model, full, True)
+
+
+def _corrected_case(scene, data_dir, model):
+    """The example CT and its reference organs (what a corrected result looks like), in the scene."""
+    from unetrpp_train.demo import remap_totalseg
+
+    ct = load_volume(scene, data_dir / DATA_CT, "abdomen")
+    reference = remap_totalseg(sitk.GetArrayFromImage(sitk.ReadImage(str(data_dir / "ct" / "example_seg.nii.gz"))))
+    names = {label.value: label.name for label in model.labels}
+    present = {int(v): names[int(v)] for v in np.unique(reference) if int(v) in names}
+    return ct, segmentation_from_array(scene, ct, reference.astype(np.int16), present), present
+
+
+def _digest(folder):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.slow
+def test_fine_tune_a_real_model_on_a_corrected_case_then_cancel_another(scene, home, data_dir, synapse_pkg):
+    """The clinician's path, end to end with real processes: the parent installed, a corrected case
+    added from the scene, `unetrpp-train finetune` run as a background task (progress with ETA in the
+    GUI state), Dice before/after per structure, the new model listed beside the untouched parent;
+    a second fine-tune cancelled mid-training installs nothing."""
+    from UNETRPlusPlusLib import modelstore
+    from UNETRPlusPlusLib.errors import CancelledByUser
+    from UNETRPlusPlusLib.modeltasks import ModelManager
+    from UNETRPlusPlusLib.segment import SegmentationLogic
+    from UNETRPlusPlusLib.state import GuiState
+
+    SegmentationLogic(scene)
+    parent_path = ModelManager().install_from_file(synapse_pkg).wait(timeout=120)
+    parent = resolve_model("synapse-tiny-test")
+    before = _digest(parent_path)
+    ct, seg, present = _corrected_case(scene, data_dir, parent)
+    add_training_case(parent, {"ct": ct}, seg, "abdomen", case_name="example")
+
+    state = GuiState()
+    state.start_run()
+    tuner = FineTuner(env=engine_environment({"OMP_NUM_THREADS": "1"}))
+    task = tuner.start(parent, "abdomen", "synapse-tiny-ft", iterations=3, device="cpu",
+                       on_event=state.apply_event, extra_args=["--workers", "0"])
+    result = task.wait(timeout=900)
+    stages = [e["stage"] for e in task.events if e["event"] == "stage"]
+    assert "train" in stages and stages[-1] == "install"
+    train = [e for e in task.events if e["event"] == "progress" and e["stage"] == "train"]
+    assert train and train[-1]["done"] == 3 and all("eta_s" in e for e in train)
+    assert any(line.startswith("Fine-tuning") for line in state.log)
+    assert result.model_name == "synapse-tiny-ft" and result.package == home / "models" / "synapse-tiny-ft"
+    assert result.parent == "synapse-tiny-test" and "none could be held out" in result.note
+    rows = {name: (b, a) for name, b, a, _ in result.rows()}
+    assert set(present.values()) <= set(rows)  # every corrected structure scored before and after
+    assert all(b and a for b, a in rows.values())
+    names = [m.name for m in modelstore.available_models()]
+    assert "synapse-tiny-test" in names and "synapse-tiny-ft" in names
+    assert _digest(parent_path) == before  # the parent stays as it was
+
+    # Cancel: the fine-tune stops after its step (exit 130, category cancelled); nothing is installed
+    task = tuner.start(parent, "abdomen", "synapse-tiny-ft2", iterations=500, device="cpu",
+                       extra_args=["--workers", "0"])
+    deadline = __import__("time").monotonic() + 600
+    while not any(e["event"] == "progress" and e.get("stage") == "train" for e in task.events):
+        assert not task.poll(), task.error
+        assert __import__("time").monotonic() < deadline
+        __import__("time").sleep(0.1)
+    task.request_cancel()
+    with pytest.raises(CancelledByUser, match="parent model is unchanged"):
+        task.wait(timeout=120)
+    assert task.proc.returncode == 130  # stopped by itself, not killed
+    assert not (home / "models" / "synapse-tiny-ft2").exists()

@@ -135,8 +135,12 @@ def signal_status(returncode: int | None) -> int | None:
 class WorkerProcess:
     """A child process (and whatever it starts) whose stdout carries JSON-lines events."""
 
-    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None) -> None:
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, cwd: str | None = None,
+                 stop_grace_s: float = STOP_GRACE_S) -> None:
+        """`stop_grace_s`: how long the tree has after the stop request before it is killed (a
+        segmentation stops at the next window; a fine-tune finishes its step and saves a checkpoint)."""
         self.args = list(args)
+        self.stop_grace_s = stop_grace_s
         self.events: "queue.Queue[dict[str, Any]]" = queue.Queue()
         self.stderr_tail: deque[str] = deque(maxlen=40)
         self.stdout_other: deque[str] = deque(maxlen=20)
@@ -257,9 +261,9 @@ class WorkerProcess:
         Never blocks; after a stop request it also escalates to SIGKILL when the grace is over."""
         self._track_tree()
         if self._stop_sent is not None and self._killed is None \
-                and time.monotonic() - self._stop_sent >= STOP_GRACE_S \
+                and time.monotonic() - self._stop_sent >= self.stop_grace_s \
                 and (self.proc.poll() is None or self.tree_alive()):
-            log.warning("the worker did not stop within %.1f s; killing its process tree", STOP_GRACE_S)
+            log.warning("the worker did not stop within %.1f s; killing its process tree", self.stop_grace_s)
             self._killed = time.monotonic()
             self._signal_tree(signal.SIGKILL if hasattr(signal, "SIGKILL") else signal.SIGTERM)
         if self.proc.poll() is None or self.tree_alive():
@@ -288,7 +292,7 @@ class WorkerProcess:
 
     def request_stop(self) -> None:
         """Ask the whole tree to stop (SIGTERM to the group: the engine's cooperative stop) and
-        return at once; `finished()` kills the tree if it is still there after STOP_GRACE_S."""
+        return at once; `finished()` kills the tree if it is still there after `stop_grace_s`."""
         self.cancelled = True
         if self._stop_sent is not None:
             return
@@ -297,8 +301,10 @@ class WorkerProcess:
         if self.proc.poll() is None or self.tree_alive():
             self._signal_tree(signal.SIGTERM)
 
-    def cancel(self, timeout: float = STOP_GRACE_S + DRAIN_S) -> None:
-        """request_stop() and wait (at most `timeout` s) until every process is gone."""
+    def cancel(self, timeout: float | None = None) -> None:
+        """request_stop() and wait (at most `timeout` s, default the grace plus DRAIN_S) until every
+        process is gone."""
+        timeout = self.stop_grace_s + DRAIN_S if timeout is None else timeout
         self.request_stop()
         try:
             self.wait(timeout=timeout)

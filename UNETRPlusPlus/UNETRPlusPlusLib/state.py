@@ -55,10 +55,11 @@ STAGE_TITLES = {
     "postprocess": _("Post-processing"),
     "write": _("Writing result"),
     "import": _("Loading result into the scene"),
-    "plan": _("Planning"),
+    "prepare": _("Preparing the cases"),
+    "evaluate-before": _("Evaluating the parent model"),
     "train": _("Fine-tuning"),
-    "evaluate": _("Evaluating"),
     "export": _("Exporting the new model"),
+    "evaluate-after": _("Evaluating the new model"),
 }
 # Share of the overall progress bar per stage (prediction dominates the run time).
 STAGE_WEIGHTS = {"start": 2, "read": 5, "preprocess": 8, "predict": 70, "postprocess": 8, "write": 4, "import": 3}

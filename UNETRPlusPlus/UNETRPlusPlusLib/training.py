@@ -13,10 +13,11 @@ models, `UNETRPP_HOME/models/`), through the training package's one writer
 - the record keeps the model (name, version, weights SHA256), the volume and segmentation names and
   what was left out.
 
-Fine-tune: `unetrpp-train finetune --from MODEL --data SET --name NEW --progress json` in the
-background process machinery (a BackgroundTask: progress, ETA, Cancel, log); its `done` event names
-the new package and the metrics before and after, which `FineTuneResult` turns into per-structure
-rows (Dice before, after, change). The new model is installed beside its parent, never over it.
+Fine-tune: `python -m unetrpp_train finetune --from MODEL --data SET --name NEW --progress json` in
+the background process machinery (a BackgroundTask: progress, ETA, Cancel, log); its `done` event
+names the new model, its installed package and the Dice before and after per structure, which
+`FineTuneResult` turns into rows (before, after, change). The command installs the new model beside
+its parent, never over it; Cancel stops it after the current step (a checkpoint is kept).
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ CASES_DIR = "cases"
 SET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 DEFAULT_ITERATIONS = 500
+STOP_GRACE_S = 60.0  # a cancelled fine-tune finishes its training step and writes a checkpoint
 
 
 def _caseset() -> Any:
@@ -241,13 +243,9 @@ class StructureScore:
 
 
 def _scores(metrics: Any) -> dict[str, float]:
-    """{structure: Dice} from a metrics mapping: {"dice": {name: x}}, {name: {"dice": x}} or {name: x}."""
+    """{structure: Dice} from {name: x} (or {name: {"dice": x}})."""
     if not isinstance(metrics, dict):
         return {}
-    if isinstance(metrics.get("dice"), dict):
-        metrics = metrics["dice"]
-    elif isinstance(metrics.get("per_label"), dict):
-        metrics = metrics["per_label"]
     out = {}
     for name, value in metrics.items():
         if isinstance(value, dict):
@@ -259,23 +257,27 @@ def _scores(metrics: Any) -> dict[str, float]:
 
 @dataclass
 class FineTuneResult:
+    """What `unetrpp-train finetune --progress json` reports in its done event: {"model": NEW,
+    "package": installed folder, "parent", "metrics": {"before": {structure: Dice}, "after": {...}},
+    "evaluation": {"held_out", "cases", "note"}, "iterations", ...}."""
+
     model_name: str
-    model_path: Path | None
     package: Path | None
+    parent: str = ""
     scores: list[StructureScore] = field(default_factory=list)
+    note: str = ""
     done_event: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_done(cls, done: dict[str, Any], name: str) -> "FineTuneResult":
-        outputs = done.get("outputs") or {}
-        metrics = done.get("metrics") or (done.get("report") or {}).get("metrics") or {}
-        before = _scores(metrics.get("before") or metrics.get("parent") or {})
-        after = _scores(metrics.get("after") or metrics.get("result") or metrics.get("model") or {})
+        metrics = done.get("metrics") if isinstance(done.get("metrics"), dict) else {}
+        before, after = _scores(metrics.get("before") or {}), _scores(metrics.get("after") or {})
         names = list(dict.fromkeys([*before, *after]))
-        model = outputs.get("model") or done.get("model")
-        package = outputs.get("package") or done.get("package")
-        return cls(str(done.get("name") or name), Path(model) if model else None, Path(package) if package else None,
-                   [StructureScore(n, before.get(n), after.get(n)) for n in names], dict(done))
+        evaluation = done.get("evaluation") if isinstance(done.get("evaluation"), dict) else {}
+        package = done.get("package")
+        return cls(str(done.get("model") or name), Path(package) if package else None, str(done.get("parent") or ""),
+                   [StructureScore(n, before.get(n), after.get(n)) for n in names], str(evaluation.get("note") or ""),
+                   dict(done))
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         """(structure, Dice before, Dice after, change) as text, for the results table."""
@@ -338,5 +340,6 @@ class FineTuner:
         args = [*self.command, "finetune", "--from", str(model.path), "--data", str(folder), "--name", new_name,
                 "--iterations", str(int(iterations)), "--device", device, "--progress", "json",
                 *(extra_args or [])]
-        proc = WorkerProcess(args, env=self.env or engine_environment())
+        # Cancel: the command stops after the current step and saves a checkpoint (exit 130)
+        proc = WorkerProcess(args, env=self.env or engine_environment(), stop_grace_s=STOP_GRACE_S)
         return FineTuneTask(proc, new_name, on_event)

@@ -188,7 +188,8 @@ class TrainingPanel:
                 self.results.setItem(r, c, self._qt.QTableWidgetItem(text))
         self.results.visible = bool(rows)
         self.status.text = _("New model '{name}' installed and selected; '{parent}' is unchanged.").format(
-            name=result.model_name, parent=self.host.state.model_name)
+            name=result.model_name, parent=result.parent or self.host.state.model_name) + (
+            "\n" + result.note if result.note else "")
         self.host.refreshModels(select=result.model_name)
         self.newName.text = ""
         self.update()
