@@ -67,6 +67,7 @@ def test_cli_writes_dicom_seg_and_refuses_it_for_a_nifti_input(data_dir, tmp_pat
                            "--device", "cpu", "--progress", "none"], env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert pydicom.dcmread(out).Modality == "SEG" and (tmp_path / "ct.report.json").is_file()
+    assert dciodvfy_errors(out) == []
     bad = tmp_path / "nifti.dcm"
     proc = subprocess.run([*CLI, "segment", "--model", str(DEMO_MODEL), str(EXAMPLE_CT), "-o", str(bad)],
                           env=ENV, capture_output=True, text=True, timeout=120)
@@ -131,6 +132,12 @@ def test_seg_of_a_series_with_uids_keeps_them(data_dir, manifest, tmp_path):
     assert seg.StudyInstanceUID == src.StudyInstanceUID
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == src.SeriesInstanceUID
     assert seg.FrameOfReferenceUID == src.FrameOfReferenceUID
+    # a SEG given back as an input is named for what it is
+    from unetrpp.errors import InputImageError
+    from unetrpp.image import read_image
+
+    with pytest.raises(InputImageError, match="is a DICOM Segmentation .*not a scan"):
+        read_image(tmp_path / "seg.dcm")
 
 
 @pytest.mark.parametrize("order", ["feetward", "headward"])

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,9 +55,10 @@ def _highdicom():
 
 
 def _valid_uid(value: Any) -> bool:
-    from pydicom.uid import UID
-
-    return bool(value) and UID(str(value)).is_valid
+    """A UID a reference can use: digits and dots, at most 64 characters. (Components with leading
+    zeros, which some old scanners wrote, are kept: matching the source matters more than form.)"""
+    text = str(value or "")
+    return 0 < len(text) <= 64 and re.fullmatch(r"[0-9]+(\.[0-9]+)*", text) is not None
 
 
 def _read_sources(path: Path) -> list[Any]:

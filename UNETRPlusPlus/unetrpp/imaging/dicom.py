@@ -346,6 +346,18 @@ def read_dicom_series(folder: str | os.PathLike[str], series_uid: str | None = N
     return image
 
 
+#: Modalities of DICOM objects that hold results or annotations, not a scan to segment.
+_NOT_SCANS = {"SEG": "a DICOM Segmentation (a result)", "RTSTRUCT": "an RT Structure Set (contours)",
+              "SR": "a Structured Report", "PR": "a Presentation State", "KO": "a Key Object Selection",
+              "REG": "a Registration", "RTPLAN": "an RT Plan"}
+
+
+def _refuse_non_scan(ds: Any, where: str) -> None:
+    what = _NOT_SCANS.get(str(ds.get("Modality", "") or "").upper())
+    if what is not None:
+        raise InputImageError(f"{where} is {what}, not a scan; give the CT/MR series (or Enhanced file) to segment")
+
+
 def read_dicom_file(path: str | os.PathLike[str], series_uid: str | None = None) -> Image:
     """Read one DICOM file: an Enhanced (multi-frame) volume; a single-frame file is one slice (2D)."""
     path = Path(path)
@@ -355,6 +367,7 @@ def read_dicom_file(path: str | os.PathLike[str], series_uid: str | None = None)
     except Exception as exc:  # pydicom raises many kinds for a damaged file
         raise InputImageError(f"cannot read DICOM file {path}: {exc}") from None
     uid = str(ds.get("SeriesInstanceUID", "") or "")
+    _refuse_non_scan(ds, f"DICOM file {path}")
     if series_uid is not None and uid != series_uid:
         raise InputImageError(f"DICOM file {path} belongs to series {uid!r}, not to {series_uid!r}")
     if int(ds.get("NumberOfFrames", 1) or 1) < 2:
@@ -373,6 +386,7 @@ def read_multiframe(files: list[str], where: str, uid: str, source: Path) -> Ima
             ds = pydicom.dcmread(f, stop_before_pixels=True)
         except Exception as exc:
             raise InputImageError(f"{where}: cannot read DICOM file {f}: {exc}") from None
+        _refuse_non_scan(ds, f"{where}: {f}")
         if "PerFrameFunctionalGroupsSequence" in ds:
             frames, _ = _multiframe_placement(where, f, ds)
         else:
