@@ -298,3 +298,24 @@ def test_write_unknown_format(tmp_path, data_dir):
     with pytest.raises(InputImageError, match="unknown image format"):
         write_image(img, tmp_path / "out.png")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_one_format_table():
+    """unetrpp.formats is the one table every entry point takes its suffixes from; it loads neither
+    SimpleITK nor torch (the Slicer module and the server's upload checks import it)."""
+    import subprocess
+    import sys
+
+    from unetrpp import formats
+
+    assert formats.INPUT_SUFFIXES == (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
+    assert formats.SINGLE_FILE_INPUT_SUFFIXES == (".nii.gz", ".nii", ".nrrd", ".mha")
+    assert formats.LABELMAP_SUFFIXES == formats.PROBABILITY_SUFFIXES == (".nii.gz", ".nii", ".nrrd", ".mha")
+    assert formats.OUTPUT_SUFFIXES == (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm")
+    assert set(formats.WRITE_SUFFIXES) == set(formats.INPUT_SUFFIXES) | {".seg.nrrd"}
+    assert [formats.image_suffix(n) for n in ("a/CT.SEG.NRRD", "ct.nii.gz", "ct.nii", "x.dcm", "x.tar.gz", "x")] == [
+        ".seg.nrrd", ".nii.gz", ".nii", ".dcm", ".gz", ""]
+    assert formats.strip_suffix("case_01.nii.gz") == "case_01" and formats.format_of("ct.mhd") == "mha"
+    code = "import sys, unetrpp.formats; print(sorted({'SimpleITK', 'torch', 'numpy'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
