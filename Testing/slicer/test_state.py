@@ -221,3 +221,11 @@ def test_official_checkpoint_links_are_clickable_and_package_text_is_escaped():
     text = state.model_info_text()
     assert "<img" not in text and "<script>" not in text and 'href="javascript' not in text
     assert "&lt;script&gt;" in text
+
+
+def test_an_error_event_is_logged_with_its_category():
+    state = GuiState()
+    state.start_run()
+    state.apply_event({"event": "error", "category": "resource", "kind": "MemoryError", "message": "out of memory"})
+    state.apply_event({"event": "error", "kind": "IntegrityError", "message": "SHA256 mismatch"})  # older engine
+    assert state.log[-2:] == ["Error (resource): out of memory", "Error (model): SHA256 mismatch"]

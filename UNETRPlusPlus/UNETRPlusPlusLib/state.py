@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import event_category
 from .i18n import _
 from .modelstore import ModelInfo, ModelInput, format_size
 
@@ -352,7 +353,7 @@ class GuiState:
             level = str(event.get("level") or "info")
             self.log.append(("Warning: " if level == "warning" else "") + str(event.get("message", "")))
         elif kind == "error":
-            self.log.append(f"Error ({event.get('kind', 'error')}): {event.get('message', '')}")
+            self.log.append(f"Error ({event_category(event)}): {event.get('message', '')}")
 
     def overall_percent(self) -> int:
         """0-100 for the progress bar: finished stages plus the current stage's fraction."""
