@@ -318,3 +318,37 @@ def test_model_predict_uses_the_package_defaults_and_the_fast_network(small_pack
     mirrored = model.predict(one, device="cpu")
     explicit = predict_probabilities(model.network, one, patch_size=patch, mirror_axes=(0, 1, 2), device="cpu")
     torch.testing.assert_close(mirrored, explicit, rtol=0, atol=0)
+
+
+def test_stitching_buffer_in_float16_keeps_the_labels(small_package, monkeypatch):
+    """The float16 stitching buffer (chosen for large volumes) against float32 on the same windows.
+    The deterministic weights give near-uniform probabilities (every class ~1/14), which no trained
+    network does; the logits are scaled by 10 to give peaked, trained-like probabilities (the real
+    case, the demo model on the example CT, is measured in docs/benchmarks.md)."""
+    import unetrpp
+    from unetrpp import predict as predict_module
+
+    model = unetrpp.load(small_package)
+
+    class Peaked(torch.nn.Module):
+        def forward(self, x):
+            return model.network(x) * 10
+
+    patch = tuple(model.network.config.patch_size)
+    x = volume((patch[0] + 6, patch[1] + 20, patch[2] + 12))  # 8 windows, overlapping on every axis
+    report: dict = {}
+    kwargs = dict(patch_size=patch, mirror_axes=(), device="cpu", report=report)
+    f32 = predict_probabilities(Peaked(), x, stitch_dtype="float32", **kwargs)
+    assert f32.dtype == torch.float32 and report["stitch_dtype"] == "float32"
+    f16 = predict_probabilities(Peaked(), x, stitch_dtype="float16", **kwargs)
+    assert f16.dtype == torch.float16 and report["stitch_dtype"] == "float16"
+    assert float((f16.float() - f32).abs().max()) <= 2e-3
+    agreement = float((f16.float().argmax(0) == f32.argmax(0)).float().mean())
+    assert agreement >= 0.999, agreement
+    # "auto": float32 for small volumes, float16 once the float32 buffer would pass the limit
+    assert predict_module._stitch_dtype(14, (30, 400, 483)) == torch.float32
+    assert predict_module._stitch_dtype(14, (150, 528, 528)) == torch.float16
+    monkeypatch.setattr(predict_module, "STITCH_FLOAT32_LIMIT", 1000)
+    assert model.predict(x, device="cpu", fast=True, backend="torch").dtype == torch.float16
+    with pytest.raises(UnetrppError, match="stitch dtype"):
+        model.predict(x, device="cpu", stitch_dtype="bfloat8")

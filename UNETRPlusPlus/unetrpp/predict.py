@@ -17,9 +17,12 @@
   centres the Gaussian at (patch - 1) / 2 and clamps at 1e-3, unlike nnU-Net. The Gaussian here is
   scipy's `gaussian_filter` of a centred impulse, as in nnU-Net.
 
-Memory: the accumulator is one float32 (K, D, H, W) tensor plus a float32 (D, H, W) weight map,
-both on the CPU whatever device runs the network (stitching on the CPU keeps GPU memory at the
-size of one batch of windows). Windows are cut from the input one batch at a time, so padding
+Memory: the accumulator is one (K, D, H, W) tensor plus a float32 (D, H, W) weight map, both on
+the CPU whatever device runs the network (stitching on the CPU keeps GPU memory at the size of one
+batch of windows). The accumulator is float32 up to `STITCH_FLOAT32_LIMIT` bytes and float16 above
+(`stitch_dtype="auto"`): a full abdominal CT (14 classes over a 150x528x528 grid) needs 2.3 GB in
+float32 and 1.2 GB in float16; the labels agree on >= 99.9 % of voxels (docs/benchmarks.md,
+Testing/engine/test_predict.py), and the small volumes of the parity tests stay float32. Windows are cut from the input one batch at a time, so padding
 never copies the whole volume.
 
 Devices: "auto" picks CUDA, then Apple MPS, then the CPU (`select_device`). Autocast (float16)
@@ -61,6 +64,21 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 #: Windows per forward pass when `batch_size` is None: on CUDA a few windows share one pass (an
 #: out-of-memory error halves this); on the CPU and MPS batching gains nothing and costs memory.
 DEFAULT_CUDA_BATCH = 2
+
+#: Bytes up to which the stitching buffer stays float32 (`stitch_dtype="auto"`); float16 above.
+STITCH_FLOAT32_LIMIT = 1 << 30
+STITCH_DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+def _stitch_dtype(classes: int, size: Sequence[int], choice: str = "auto") -> torch.dtype:
+    """The accumulator's dtype for `classes` x `size` voxels: "float32", "float16", or "auto"
+    (float32 up to STITCH_FLOAT32_LIMIT bytes, float16 above)."""
+    if choice == "auto":
+        nbytes = 4 * int(classes) * math.prod(int(n) for n in size)
+        return torch.float32 if nbytes <= STITCH_FLOAT32_LIMIT else torch.float16
+    if choice not in STITCH_DTYPES:
+        raise UnetrppError(f"stitch dtype {choice!r} must be auto, float32 or float16")
+    return STITCH_DTYPES[choice]
 
 
 class DeviceUnavailableError(UnetrppError):
@@ -374,6 +392,7 @@ def predict_probabilities(
     precision: str = "auto",
     weights_sha256: str | None = None,
     report: dict | None = None,
+    stitch_dtype: str = "auto",
 ) -> torch.Tensor:
     """Softmax probabilities (K, D, H, W), float32 on the CPU, of a preprocessed `volume`
     (C, D, H, W) by sliding-window inference with Gaussian weighting and mirroring (see the module
@@ -383,6 +402,8 @@ def predict_probabilities(
     `precision` choose what runs the network (a UNETRPP; anything else always runs in PyTorch);
     `weights_sha256` keys the compiled-network caches; `report`, when given, receives
     report["backend"] = {name, device, precision, reason}.
+    `stitch_dtype` ("auto", "float32", "float16") is the accumulator's and the result's dtype (see
+    the module docstring: float16 only for large volumes by default).
     The network is returned to its original device afterwards."""
     volume = torch.as_tensor(volume)
     if volume.dim() != 4:
@@ -392,6 +413,7 @@ def predict_probabilities(
         raise ValueError(f"patch_size must be three positive sizes (D, H, W), got {tuple(patch_size)}")
     if batch_size is not None and batch_size < 1:
         raise UnetrppError(f"batch size {batch_size} must be at least 1")
+    _stitch_dtype(1, (1, 1, 1), stitch_dtype)  # a bad choice fails before any work
     flips = mirror_flips(mirror_axes)
     dev = select_device(device)
     size = tuple(int(n) for n in volume.shape[1:])
@@ -417,6 +439,7 @@ def predict_probabilities(
     channels = volume.shape[0]
     accumulator: torch.Tensor | None = None
     weights = torch.zeros(size, dtype=torch.float32)
+    normalised = False  # float16: every window adds its share of the final average (see below)
     timer = StepTimer("predict", len(starts), sink)
     try:
         for first in range(0, len(starts), batch_size):
@@ -430,17 +453,33 @@ def predict_probabilities(
             predicted = runner(windows)
             del windows
             if accumulator is None:
-                accumulator = torch.zeros((predicted.shape[1], *size), dtype=torch.float32)
+                dtype = _stitch_dtype(predicted.shape[1], size, stitch_dtype)
+                accumulator = torch.zeros((predicted.shape[1], *size), dtype=dtype)
+                if dtype != torch.float32:
+                    # The Gaussian spans ~1e-11..1 at a window's corners, beyond float16's range: sum
+                    # the weights first and add each window's weighted probabilities already divided
+                    # by them, so every addend lies in [0, 1] and the buffer holds the final average.
+                    log.info("stitching buffer in %s (%d classes over %s voxels)", dtype, predicted.shape[1], size)
+                    for start in starts:
+                        src, dst = _window_slices(start, below, size, patch)
+                        weights[src] += gaussian_t[dst]
+                    normalised = True
             for pred, (src, dst) in zip(predicted, regions):
-                accumulator[(slice(None), *src)] += pred[(slice(None), *dst)]
-                weights[src] += gaussian_t[dst]
+                if normalised:
+                    accumulator[(slice(None), *src)] += pred[(slice(None), *dst)] / weights[src]
+                else:
+                    accumulator[(slice(None), *src)] += pred[(slice(None), *dst)]
+                    weights[src] += gaussian_t[dst]
             del predicted
             timer.step(len(batch))
     finally:
         if _network_device(network) != home:
             network.to(home)
     assert accumulator is not None
-    accumulator /= weights
+    if not normalised:
+        accumulator /= weights
+    if report is not None:
+        report["stitch_dtype"] = str(accumulator.dtype).removeprefix("torch.")
     return accumulator
 
 
@@ -452,5 +491,6 @@ __all__ = [
     "padding_for",
     "predict_probabilities",
     "select_device",
+    "STITCH_FLOAT32_LIMIT",
     "window_starts",
 ]
