@@ -188,6 +188,11 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     t = time.perf_counter()
     model = load(args.model)
     load_s = time.perf_counter() - t
+    backend_report: dict[str, Any] = {}
+    if args.backend:  # every predict of this process on that backend (its choice recorded below)
+        import functools
+
+        model.predict = functools.partial(model.predict, backend=args.backend, report=backend_report)
     peaks = StagePeaks()
     peaks.peaks["load"] = peak_rss_mb()  # since the process started: imports and the package
     trim_heap()
@@ -212,6 +217,8 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "mirror_axes": report["options"]["mirror_axes"],
         "output_mb": round(out.stat().st_size / 2**20, 2),
         "torch_threads": torch.get_num_threads(),
+        "backend": report.get("backend") or backend_report.get("backend"),
+        "stitch_dtype": backend_report.get("stitch_dtype"),
     }
     manifest = model.manifest
     del result, model  # the peer's memory is measured without UNETR++ in the process
@@ -468,6 +475,8 @@ def child_command(args: argparse.Namespace, volume: Path, peer: bool) -> list[st
         cmd += ["--overlap", str(args.overlap)]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
+    if args.backend:
+        cmd += ["--backend", args.backend]
     if not peer:
         cmd.append("--no-peer")
     return cmd
@@ -487,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-peer", action="store_true", help="skip MONAI SwinUNETR")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    p.add_argument("--backend", choices=["auto", "torch", "openvino", "onnxruntime"],
+                   help="network backend (default: the pipeline's)")
     p.add_argument("--output-format", default=".seg.nrrd", choices=[".seg.nrrd", ".nii.gz", ".nrrd"])
     p.add_argument("--estimate", action="store_true",
                    help="only print window counts and a projected duration from one timed window per network")

@@ -54,6 +54,7 @@ from .progress import CancelToken, Event, ProgressSink, StepTimer, null_sink
 
 if TYPE_CHECKING:
     from .backends import BackendChoice
+    from .memory import GpuPlan
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +214,8 @@ def _inference_module(network: nn.Module, device: torch.device, optimize: bool) 
     """`network` moved to `device` in eval mode, wrapped by the fast inference path
     (unetrpp.network.fast) when that module is present and applies."""
     network.to(device).eval()
+    if device.type == "mps":
+        return _mps_module(network, device, optimize)
     if not optimize or device.type not in ("cpu", "cuda"):
         return network
     try:
@@ -228,6 +231,30 @@ def _inference_module(network: nn.Module, device: torch.device, optimize: bool) 
     except Exception as exc:  # the faithful network always works; never fail on the fast path
         log.warning("fast inference path unavailable (%s); using the standard network", exc)
         return network
+
+
+class _MpsUnusable(Exception):
+    """An operator of the network is missing on MPS: run on the CPU instead."""
+
+
+def _mps_module(network: nn.Module, device: torch.device, optimize: bool) -> nn.Module:
+    """The network for Apple's MPS: faithful when every operator runs there; with the transposed
+    convolutions as matrix products when only ConvTranspose3d is missing (unetrpp.memory.mps_plan);
+    `_MpsUnusable` otherwise."""
+    from .memory import mps_plan, mps_unsupported_ops
+
+    what, message = mps_plan(mps_unsupported_ops(device))
+    if what == "faithful":
+        return network
+    if what == "cpu":
+        raise _MpsUnusable(message)
+    from .network import UNETRPP
+    from .network.fast import FastOptions, optimize_for_inference
+
+    if not isinstance(network, UNETRPP):
+        raise _MpsUnusable(message)
+    log.warning("%s", message)
+    return optimize_for_inference(network, options=FastOptions(mkldnn_conv=False, channels_last=False))
 
 
 def _torch_choice(device: torch.device, reason: str) -> "BackendChoice":
@@ -259,6 +286,7 @@ class _Runner:
         self.flips = flips
         self.gaussian_cpu = torch.from_numpy(np.array(gaussian))
         self.batch_size = batch_size
+        self.keep_on_device = False  # True: outputs stay on the GPU (a GPU-resident stitching buffer)
         self.sink = sink
         try:
             self._use(device, amp)
@@ -290,9 +318,14 @@ class _Runner:
                 return
         elif choice is not None and choice.name != "torch":  # moved to another device (CUDA OOM -> CPU)
             self.backend = _torch_choice(device, f"moved to {device.type}")
+        try:
+            self.module = _inference_module(self.network, device, self.optimize)
+        except _MpsUnusable as exc:
+            self._warn(str(exc))
+            self._use(torch.device("cpu"), amp=False)
+            return
         self.device = device
         self.amp = bool(amp) and device.type == "cuda"
-        self.module = _inference_module(self.network, device, self.optimize)
         self.dtype = _network_dtype(self.network)
         self.gaussian = self.gaussian_cpu.to(device)
 
@@ -316,7 +349,7 @@ class _Runner:
                 del out
         assert total is not None
         total.mul_(self.gaussian / len(self.flips))
-        return total.cpu()
+        return total if self.keep_on_device and total.device.type == "cuda" else total.cpu()
 
     def __call__(self, windows: torch.Tensor) -> torch.Tensor:
         """Predict all windows of `windows` (B, C, *patch), splitting them into chunks of the
@@ -344,6 +377,27 @@ class _Runner:
                 continue
             i += chunk.shape[0]
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+
+def _plan_cuda(network: nn.Module, device: torch.device, patch: tuple[int, ...], size: tuple[int, ...], windows: int,
+               flips: int, amp: bool, stitch_dtype: str) -> "GpuPlan | None":
+    """The window batch and buffer placement for the free memory of `device` (unetrpp.memory)."""
+    from .memory import buffer_bytes, plan_gpu, window_bytes
+    from .network import UNETRPP
+
+    if not isinstance(network, UNETRPP):
+        return None
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except Exception as exc:  # pragma: no cover - depends on the driver
+        log.debug("no free-memory figure for %s: %s", device, exc)
+        return None
+    cfg = network.config
+    resident = 0 if _network_device(network).type == "cuda" else 1  # weights not yet counted in `free`
+    weights = sum(p.numel() * p.element_size() for p in network.parameters()) * (1 + resident)
+    element = torch.finfo(_stitch_dtype(cfg.out_channels, size, stitch_dtype)).bits // 8
+    return plan_gpu(free, weights, window_bytes(patch, cfg.feature_size, cfg.in_channels, cfg.out_channels, flips,
+                                                amp), buffer_bytes(cfg.out_channels, size, element), windows=windows)
 
 
 def _backend_choice(network: nn.Module, backend: str | None, precision: str | None, device: torch.device,
@@ -421,6 +475,12 @@ def predict_probabilities(
     starts = list(itertools.product(*window_starts(padded, patch, overlap)))
     gaussian = gaussian_importance_map(patch, sigma_scale)
     gaussian_t = torch.from_numpy(np.array(gaussian))
+    gpu_plan = None
+    if batch_size is None and dev.type == "cuda":
+        gpu_plan = _plan_cuda(network, dev, patch, size, len(starts), len(flips), amp, stitch_dtype)
+        if gpu_plan is not None:
+            batch_size = gpu_plan.batch_size
+            log.info("GPU memory plan: %s", gpu_plan.reason)
     if batch_size is None:
         batch_size = DEFAULT_CUDA_BATCH if dev.type == "cuda" else 1
     batch_size = min(batch_size, len(starts))
@@ -434,11 +494,18 @@ def predict_probabilities(
     home = _network_device(network)
     runner = _Runner(network, dev, amp, flips, gaussian, batch_size, optimize, sink, backend=choice,
                      weights_sha256=weights_sha256, backend_requested=(backend or "auto").lower())
+    buffer_device = torch.device("cpu")
+    if gpu_plan is not None and gpu_plan.buffer_device == "cuda" and runner.device.type == "cuda":
+        buffer_device = runner.device
+        runner.keep_on_device = True
     if report is not None:
         report["backend"] = runner.backend.as_dict()
+        if gpu_plan is not None:
+            report["gpu_memory_plan"] = gpu_plan.reason
     channels = volume.shape[0]
     accumulator: torch.Tensor | None = None
-    weights = torch.zeros(size, dtype=torch.float32)
+    weights = torch.zeros(size, dtype=torch.float32, device=buffer_device)
+    gaussian_t = gaussian_t.to(buffer_device)
     normalised = False  # float16: every window adds its share of the final average (see below)
     timer = StepTimer("predict", len(starts), sink)
     try:
@@ -454,7 +521,7 @@ def predict_probabilities(
             del windows
             if accumulator is None:
                 dtype = _stitch_dtype(predicted.shape[1], size, stitch_dtype)
-                accumulator = torch.zeros((predicted.shape[1], *size), dtype=dtype)
+                accumulator = torch.zeros((predicted.shape[1], *size), dtype=dtype, device=buffer_device)
                 if dtype != torch.float32:
                     # The Gaussian spans ~1e-11..1 at a window's corners, beyond float16's range: sum
                     # the weights first and add each window's weighted probabilities already divided
@@ -464,6 +531,7 @@ def predict_probabilities(
                         src, dst = _window_slices(start, below, size, patch)
                         weights[src] += gaussian_t[dst]
                     normalised = True
+            predicted = predicted.to(buffer_device)  # no-op unless the runner moved off the GPU
             for pred, (src, dst) in zip(predicted, regions):
                 if normalised:
                     accumulator[(slice(None), *src)] += pred[(slice(None), *dst)] / weights[src]
@@ -478,6 +546,8 @@ def predict_probabilities(
     assert accumulator is not None
     if not normalised:
         accumulator /= weights
+    if accumulator.device.type != "cpu":
+        accumulator = accumulator.cpu()
     if report is not None:
         report["stitch_dtype"] = str(accumulator.dtype).removeprefix("torch.")
     return accumulator

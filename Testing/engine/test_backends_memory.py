@@ -1,0 +1,79 @@
+"""Memory planning (issue 21 item 3): the CUDA planner's arithmetic and the MPS fallback, on the CPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unetrpp.memory import GiB, MiB, buffer_bytes, mps_plan, plan_gpu, window_bytes
+from unetrpp.network import build_network
+
+
+def _synapse_numbers(free_gb: float):
+    net = build_network("synapse")
+    cfg = net.config
+    weights = sum(p.numel() * p.element_size() for p in net.parameters()) * 2  # faithful + optimized copy
+    per_window = window_bytes(cfg.patch_size, cfg.feature_size, cfg.in_channels, cfg.out_channels, flips=1, amp=True)
+    full_ct = buffer_bytes(cfg.out_channels, (150, 528, 528), 2)  # the float16 buffer of a full abdominal CT
+    return plan_gpu(int(free_gb * GiB), weights, per_window, full_ct, windows=256), weights, per_window, full_ct
+
+
+def test_full_ct_fits_a_4gb_gpu():
+    plan, weights, per_window, buffer = _synapse_numbers(3.6)  # a 4 GB card after the CUDA context
+    assert 150 * MiB < weights < 400 * MiB and 300 * MiB < per_window < 1 * GiB
+    assert 1.1 * GiB < buffer < 1.4 * GiB
+    assert plan.fits and plan.batch_size >= 1 and plan.buffer_device == "cpu"  # the buffer stays in host memory
+    used = weights + plan.batch_size * per_window
+    assert used + max(256 * MiB, 0.1 * 3.6 * GiB) <= 3.6 * GiB  # the plan leaves the reserve free
+
+
+def test_large_gpu_gets_a_batch_and_the_buffer():
+    plan, _, _, _ = _synapse_numbers(70)
+    assert plan.batch_size == 8 and plan.buffer_device == "cuda" and "on cuda" in plan.reason
+
+
+def test_tiny_gpu_is_tried_at_batch_one():
+    plan, _, _, _ = _synapse_numbers(0.5)
+    assert not plan.fits and plan.batch_size == 1 and plan.buffer_device == "cpu" and "falls back" in plan.reason
+
+
+def test_batch_never_exceeds_the_windows():
+    assert plan_gpu(80 * GiB, 0, 100 * MiB, 0, windows=3).batch_size == 3
+
+
+def test_mps_plan():
+    assert mps_plan([])[0] == "faithful"
+    what, message = mps_plan(["conv_transpose3d"])
+    assert what == "matmul_transpose" and "ConvTranspose3d" in message
+    what, message = mps_plan(["conv3d", "conv_transpose3d"])
+    assert what == "cpu" and "conv3d" in message and "CPU" in message
+
+
+def test_mps_fallback_network_has_no_transposed_convolution_and_the_same_output():
+    """What runs on MPS without ConvTranspose3d, checked on the CPU."""
+    from support.packages import tiny_config
+    from unetrpp.network.deterministic import deterministic_input, set_deterministic_weights
+    from unetrpp.network.fast import FastOptions, optimize_for_inference
+
+    net = set_deterministic_weights(build_network(tiny_config("synapse", patch=(16, 32, 32)))).float().eval()
+    fast = optimize_for_inference(net, options=FastOptions(mkldnn_conv=False, channels_last=False))
+    assert not any(isinstance(m, torch.nn.ConvTranspose3d) for m in fast.modules())
+    x = deterministic_input((1, *net.config.input_shape), dtype=torch.float32)
+    with torch.no_grad():
+        expected = net(x)
+    assert float((fast(x) - expected).abs().max() / expected.abs().max()) < 1e-4
+
+
+def test_mps_without_an_operator_runs_on_the_cpu(monkeypatch):
+    """A device whose probe fails for conv3d: the runner warns and moves to the CPU."""
+    from unetrpp import memory, predict
+    from unetrpp.progress import null_sink
+
+    monkeypatch.setattr(memory, "mps_unsupported_ops", lambda device="mps": frozenset({"conv3d"}))
+    events = []
+    net = build_network(__import__("support.packages", fromlist=["tiny_config"]).tiny_config("synapse", patch=(16, 32, 32)))
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, *a, **k: self)  # no MPS here: moving is a no-op
+    runner = predict._Runner(net, torch.device("mps"), False, [()], predict.gaussian_importance_map((16, 32, 32)),
+                             1, True, events.append)
+    assert runner.device.type == "cpu"
+    assert any(getattr(e, "fields", {}).get("level") == "warning" or "CPU" in str(e) for e in events)
