@@ -93,3 +93,17 @@ def test_add_cases_by_name_geometry_and_provenance(tmp_path, data_dir):
         assert out.returncode == 2 and out.stderr.startswith("error:"), out.stderr
     assert sorted(p.name for p in (case_set / "labelsTr").iterdir()) == ["scan-1.nii.gz", "scan-2.nii.gz"]
     assert not [p for p in case_set.rglob(".*")]  # no temporary files left behind
+
+
+def test_second_scan_case_set_for_docs_adapt(tmp_path):
+    """`python -m unetrpp_train.demo second-scan SET` (docs/adapt.md): the shared DICOM series with its labels."""
+    out = subprocess.run([sys.executable, "-m", "unetrpp_train.demo", "second-scan", str(tmp_path / "set")], env=ENV,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["aorta", "inferior vena cava", "liver", "pancreas",
+                                                             "portal and splenic vein", "right adrenal gland", "spleen",
+                                                             "stomach"]
+    data = json.loads((tmp_path / "set" / "dataset.json").read_text())
+    assert data["labels"]["liver"] == 6 and len(data["labels"]) == 14
+    label = sitk.ReadImage(str(tmp_path / "set" / "labelsTr" / "siemens-20.nii.gz"))
+    assert label.GetSize() == (512, 512, 20) and int((sitk.GetArrayFromImage(label) == 6).sum()) == 366708

@@ -2,6 +2,7 @@
 test data (TotalSegmentator's example_ct_sm, 3 mm), its labels remapped to BTCV organ ids.
 
     python -m unetrpp_train.demo dataset DST            # write the dataset folder (+ plan.json)
+    python -m unetrpp_train.demo second-scan SET        # another labelled CT as a case set (docs/adapt.md)
     unetrpp-train train Training/unetrpp_train/configs/demo-abdomen-ct.json --data DST -o RUN
     unetrpp-train export RUN -o Resources/models/demo-abdomen-ct --name demo-abdomen-ct --dtype float16
 
@@ -103,18 +104,48 @@ def write_demo_dataset(dst: str | Path, ct: str | Path | None = None, seg: str |
     return dst
 
 
+def write_second_scan(set_dir: str | Path, case: str = "siemens-20") -> dict:
+    """The other labelled abdominal CT of the shared data (ct_dicom: a Siemens series, 512 x 512 x 20 at
+    0.98 x 0.98 x 2 mm, with TotalSegmentator's labels for it) as one case of a case set in the nnU-Net raw
+    layout, labels remapped to the BTCV organs of the demo model (all 13 declared: the reference is
+    complete for this slab, organs it lacks are absent from it). Used by docs/adapt.md."""
+    import SimpleITK as sitk
+
+    from .caseset import add_case
+
+    data = shared_data_dir()
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(data / "ct_dicom" / "example_ct_dicom")))
+    image = reader.Execute()
+    seg = sitk.ReadImage(str(data / "ct_dicom" / "example_seg_dicom.nii.gz"))
+    # the label file stores the same grid in the other voxel order (direction y -1): same physical voxels
+    seg = sitk.Resample(seg, image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, seg.GetPixelID())
+    label = sitk.GetImageFromArray(remap_totalseg(sitk.GetArrayFromImage(seg)))
+    label.CopyInformation(image)
+    return add_case(set_dir, case, {"ct": image}, label, {name: value for value, name in BTCV_NAMES.items()},
+                    source={"image": "shared/data/ct_dicom/example_ct_dicom (TotalSegmentator test series)",
+                            "label": "shared/data/ct_dicom/example_seg_dicom.nii.gz (TotalSegmentator total, remapped "
+                                     "to BTCV ids; a model's output standing in for a corrected segmentation)"},
+                    overwrite=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m unetrpp_train.demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("dataset", help="write the one-case demo dataset")
     p.add_argument("dst")
+    p = sub.add_parser("second-scan", help="write the other labelled CT as a case set (nnU-Net raw layout)")
+    p.add_argument("dst")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from .cli import guarded
 
     def run() -> int:
-        write_demo_dataset(args.dst)
+        if args.cmd == "second-scan":
+            print(json.dumps(write_second_scan(args.dst)["labels_present"]))
+        else:
+            write_demo_dataset(args.dst)
         return 0
 
     return guarded(run)
