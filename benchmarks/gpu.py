@@ -424,6 +424,7 @@ class Kit:
     def section_train(self, store: dict) -> None:
         from unetrpp_train.config import load_config
         from unetrpp_train.losses import segmentation_loss
+        from unetrpp_train.trainer import make_optimizer, train_step
 
         for recipe in self.args.variants:
             if not self.afford("train", recipe, 20):
@@ -432,8 +433,7 @@ class Kit:
             torch.manual_seed(0)
             net = faithful(cfg.variant, self.tiny, self.device, deep_supervision=True).train()
             ncfg = net.config
-            optimizer = torch.optim.SGD(net.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                        nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+            optimizer = make_optimizer(cfg, net.parameters())
             use_amp = cfg.amp and self.device.type == "cuda"
             scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
             loss_fn = segmentation_loss(cfg.ds_weights, cfg.batch_dice)
@@ -443,17 +443,9 @@ class Kit:
             label = torch.randint(0, ncfg.out_channels, (cfg.batch_size, 1, *ncfg.patch_size), generator=gen)
             label = label.float().to(self.device)
 
-            def step() -> float:
-                optimizer.zero_grad(set_to_none=True)
-                with torch.autocast(self.device.type, dtype=torch.float16, enabled=use_amp):
-                    outputs = net(image)
-                loss = loss_fn([o.float() for o in outputs], label)
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                scaler.step(optimizer)
-                scaler.update()
-                return float(loss.detach())
+            def step() -> float:  # the trainer's own step (unetrpp_train.trainer.train_step)
+                return float(train_step(net, optimizer, scaler, loss_fn, image, label, grad_clip=cfg.grad_clip,
+                                        use_amp=use_amp))
 
             reset_peak(self.device)
             step()  # warm-up

@@ -24,9 +24,11 @@ from typing import Any
 
 from unetrpp.errors import UnetrppError
 
+from .datasets import KINDS
+
 log = logging.getLogger(__name__)
 
-KNOWN_DATASETS = ("synapse", "btcv", "acdc", "brats", "lung", "nnunet")
+KNOWN_DATASETS = tuple(KINDS)  # the one table: unetrpp_train.datasets
 
 
 class ConfigError(UnetrppError, ValueError):

@@ -73,12 +73,13 @@ from typing import Any, Callable, Sequence
 from unetrpp.official_models import (ACDC_LABELS, BRATS_LABELS, BRATS_REGIONS, BTCV_LABELS, LUNG_LABELS,
                                      SYNAPSE_EVALUATED_LABELS)
 
+from .datasets import KINDS
 from .layout import CaseSource, ConversionError, DatasetSpec, DatasetWriter, ImageRef
 from .official import official_split, official_splits_for, source_ref
 
 log = logging.getLogger(__name__)
 
-DATASETS = ("synapse", "btcv", "acdc", "brats", "lung", "nnunet")
+DATASETS = tuple(KINDS)  # the one table: unetrpp_train.datasets
 
 SYNAPSE_TEST = [c[3:] for c in official_split("synapse")["test"]]
 SYNAPSE_ALL = sorted(c[3:] for c in official_split("synapse")["train"] + official_split("synapse")["test"])

@@ -29,6 +29,7 @@ BTCV_NAMES = {
     12: "right adrenal gland", 13: "left adrenal gland",
 }
 CASE_ID = "example_ct_sm"
+DEMO_PATCH = [32, 64, 64]
 
 
 def shared_data_dir() -> Path:
@@ -47,31 +48,19 @@ def remap_totalseg(array: np.ndarray) -> np.ndarray:
     return lut[array]
 
 
-def ct_statistics(image: np.ndarray, label: np.ndarray) -> dict[str, float]:
-    """nnU-Net CT normalisation from the foreground voxels: clip to the 0.5/99.5 percentiles,
-    then the clipped foreground's mean and standard deviation."""
-    fg = image[label > 0].astype(np.float64)
-    lo, hi = np.percentile(fg, [0.5, 99.5])
-    fg = np.clip(fg, lo, hi)
-    return {"clip": [float(lo), float(hi)], "mean": float(fg.mean()), "std": float(fg.std())}
-
-
 def write_demo_dataset(dst: str | Path, ct: str | Path | None = None, seg: str | Path | None = None) -> Path:
     """The one-case dataset in the converted layout (written by the converters' DatasetWriter:
-    dataset.json, cases/<id>/), and plan.json: the CT's own spacing (3 mm) and nnU-Net CT statistics
-    of its foreground, patch 32 x 64 x 64."""
+    dataset.json, cases/<id>/), and plan.json by `unetrpp-train plan`'s planner: the CT's own spacing (3 mm)
+    and nnU-Net CT statistics of its foreground, patch 32 x 64 x 64."""
     import SimpleITK as sitk
 
-    from unetrpp.atomic import write_text
-
     from .layout import CaseSource, DatasetSpec, DatasetWriter, ImageRef
+    from .planning import plan_dataset
 
     data = shared_data_dir()
     ct = Path(ct or data / "ct" / "example_ct_sm.nii.gz")
     seg = Path(seg or data / "ct" / "example_seg.nii.gz")
     dst = Path(dst)
-    image = sitk.ReadImage(str(ct))
-    label_arr = remap_totalseg(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))))
     source_values = int(sitk.GetArrayFromImage(sitk.ReadImage(str(seg))).max())
     spec = DatasetSpec(
         dataset="btcv", variant="synapse", name="demo-abdomen-ct",
@@ -91,15 +80,9 @@ def write_demo_dataset(dst: str | Path, ct: str | Path | None = None, seg: str |
             label_map={v: TOTALSEG_TO_BTCV.get(v, 0) for v in range(source_values + 1)},
         ))
         writer.finish({"train": [CASE_ID], "val": [CASE_ID]}, "the one case is both training and validation data")
-    stats = ct_statistics(sitk.GetArrayFromImage(image), label_arr)
-    spacing_zyx = [float(s) for s in image.GetSpacing()[::-1]]
-    plan = {
-        "plan": {"target_spacing": spacing_zyx, "crop_to_nonzero": True},
-        "inputs": [{"name": "ct", "modality": "CT", "description": "abdominal CT in Hounsfield units",
-                    "aliases": ["ct"], "normalization": {"scheme": "ct", **stats}}],
-        "patch_size": [32, 64, 64],
-    }
-    write_text(dst / "plan.json", json.dumps(plan, indent=2) + "\n")
+    # plan.json is written by planning alone: the CT's own spacing (3 mm), nnU-Net CT statistics of every
+    # foreground voxel after clipping to the 0.5/99.5 percentiles (the values the demo model was trained with)
+    plan_dataset(dst, variant="btcv", patch_size=DEMO_PATCH, sample_stride=1, ct_stats="clipped")
     log.info("demo dataset written to %s", dst)
     return dst
 

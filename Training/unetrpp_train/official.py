@@ -15,9 +15,10 @@ from typing import Any, Sequence
 
 from unetrpp.errors import UnetrppError
 
+from .datasets import SPLIT_FILES
+
 SPLITS_DIR = Path(__file__).resolve().parent / "splits"
-#: dataset kind -> split file (btcv uses the Synapse images and split)
-SPLIT_FILES = {"synapse": "synapse", "btcv": "synapse", "acdc": "acdc", "brats": "brats", "lung": "lung"}
+#: SPLIT_FILES (dataset kind -> split file; btcv uses the Synapse images and split): unetrpp_train.datasets
 
 
 class SplitMismatchError(UnetrppError, ValueError):

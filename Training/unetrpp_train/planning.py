@@ -42,13 +42,12 @@ from unetrpp.errors import UnetrppError
 from unetrpp.manifest import Plan
 from unetrpp.official_models import official_manifest
 
+from .datasets import PATCH_SIZES, VARIANT_ALIASES
 from .layout import PLAN_FILE, case_paths, load_dataset, split_cases
 
 log = logging.getLogger(__name__)
 
 PLANNER_VERSION = 1
-PATCH_SIZES = {"synapse": [64, 128, 128], "acdc": [16, 160, 160], "brats": [128, 128, 128], "lung": [32, 192, 192]}
-VARIANT_ALIASES = {"btcv": "synapse", "tumor": "brats"}
 ANISOTROPY_THRESHOLD = float(Plan.anisotropy_threshold)  # the engine's one default (unetrpp.manifest.Plan)
 CT_PERCENTILES = (0.5, 99.5)
 

@@ -145,6 +145,33 @@ def encoder_conv_trunc_normal(network: torch.nn.Module) -> None:
                 torch.nn.init.zeros_(module.bias)
 
 
+def make_optimizer(cfg: TrainConfig, parameters: Any) -> torch.optim.Optimizer:
+    """The recipe's optimiser: SGD (the paper's: momentum, Nesterov, weight decay) or AdamW."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                           weight_decay=cfg.weight_decay)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any, loss_fn: torch.nn.Module,
+               image: torch.Tensor, label: torch.Tensor, *, grad_clip: float, use_amp: bool,
+               parameters: Any = None) -> torch.Tensor:
+    """One optimisation step of the recipe, as the trainer runs it and benchmarks/gpu.py times it: forward
+    (float16 autocast with `use_amp`), Dice + CE with deep supervision in float32, backward through the
+    GradScaler, gradient clipping to `grad_clip` (global norm), optimiser step. `parameters`: what is
+    clipped (the unwrapped network's, under DDP); default `model.parameters()`. Returns the loss (detached)."""
+    optimizer.zero_grad(set_to_none=True)
+    with torch.autocast(device_type=image.device.type, dtype=torch.float16, enabled=use_amp):
+        outputs = model(image)
+    loss = loss_fn([o.float() for o in outputs], label)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    torch.nn.utils.clip_grad_norm_(parameters if parameters is not None else model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
+
+
 class CheckpointError(TrainingError):
     """A checkpoint file that cannot be used (truncated, corrupt, not ours)."""
 
@@ -354,11 +381,7 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     np.random.seed(cfg.seed + ddp.rank)
     torch.manual_seed(cfg.seed + 1000 * ddp.rank)
 
-    if cfg.optimizer == "adamw":
-        optimizer: torch.optim.Optimizer = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(network.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    nesterov=cfg.nesterov, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(cfg, network.parameters())
     epochs, exponent = cfg.epochs, cfg.poly_exponent
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: max(1.0 - e / epochs, 0.0) ** exponent)
     use_amp = cfg.amp and dev.type == "cuda"
@@ -463,16 +486,9 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         t_data = time.perf_counter()
         image = image.to(dev, non_blocking=True)
         label = label.to(dev, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=use_amp):
-            outputs = model(image)
-        loss = loss_fn([o.float() for o in outputs], label)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(network.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        last_loss = float(loss.detach())
+        loss = train_step(model, optimizer, scaler, loss_fn, image, label, grad_clip=cfg.grad_clip, use_amp=use_amp,
+                          parameters=network.parameters())
+        last_loss = float(loss)
         t_end = time.perf_counter()
         wait, took = t_data - t_prev, t_end - t_prev
         t_prev = t_end

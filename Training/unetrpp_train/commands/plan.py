@@ -24,7 +24,9 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("plan", help="plan preprocessing (spacing, normalisation, patch) from the training cases",
                               description=__doc__)
     p.add_argument("data", metavar="DST", help="converted dataset folder")
-    p.add_argument("--variant", choices=["synapse", "btcv", "acdc", "brats", "lung", "auto"],
+    from ..datasets import KINDS
+
+    p.add_argument("--variant", choices=[k for k in KINDS if KINDS[k].variant != "auto"] + ["auto"],
                    help="network variant (default: the dataset's; auto = chosen from the data, for own datasets)")
     p.add_argument("--patch", type=int, nargs=3, metavar=("D", "H", "W"),
                    help="patch size in array order z y x (default: the paper's for the variant)")
