@@ -19,9 +19,7 @@ import contextlib
 import copy
 import dataclasses
 import json
-import math
 import os
-import re
 import reprlib
 import zipfile
 import zlib
@@ -32,7 +30,9 @@ from importlib import resources
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import ManifestError, PackageError
+from . import jsonio
+from .errors import InputImageError, ManifestError, PackageError
+from .jsonio import MAX_JSON_BYTES, MAX_JSON_DEPTH
 from .network.config import NetworkConfig, NetworkConfigError
 
 #: The manifest schema version this engine writes (`schema/model-v<N>.schema.json`). Older versions
@@ -217,6 +217,44 @@ class Manifest:
     def to_json(self) -> str:
         return json.dumps(self.data, indent=2) + "\n"
 
+    # Input names ------------------------------------------------------------------------------
+    def input_lookup(self) -> dict[str, str]:
+        """Lower-cased input name or alias -> the input's name (the first input wins a shared alias)."""
+        lookup: dict[str, str] = {}
+        for spec in self.inputs:
+            for key in (spec.name, *spec.aliases):
+                lookup.setdefault(key.lower(), spec.name)
+        return lookup
+
+    def inputs_help(self) -> str:
+        """The inputs as a user should name them: 'ct (also CT): abdominal CT; ...'."""
+        parts = []
+        for s in self.inputs:
+            others = [a for a in s.aliases if a != s.name]
+            parts.append(s.name + (f" (also {', '.join(others)})" if others else "") + f": {s.description or s.modality}")
+        return "; ".join(parts)
+
+    def resolve_inputs(self, given: "list[str] | tuple[str, ...]", *, complete: bool = True) -> dict[str, str]:
+        """The one resolution of user-given input names (manifest names or aliases, any case) to
+        manifest names: {given: name}. Refuses an unknown name, one input given twice and, with
+        `complete`, a missing input, with a message listing the model's inputs (InputImageError)."""
+        lookup = self.input_lookup()
+        mapping: dict[str, str] = {}
+        for g in given:
+            name = lookup.get(str(g).lower())
+            if name is None:
+                raise InputImageError(f"model {self.name!r} has no input named {g!r}; its inputs are {self.inputs_help()}")
+            if name in mapping.values():
+                raise InputImageError(f"input {name!r} was given twice; model {self.name!r} takes {self.inputs_help()}")
+            mapping[g] = name
+        missing = [s.name for s in self.inputs if s.name not in mapping.values()]
+        if complete and missing:
+            raise InputImageError(
+                f"model {self.name!r} takes {len(self.inputs)} input(s), missing: {', '.join(missing)}. "
+                f"Give each as --input NAME=PATH; its inputs are {self.inputs_help()}"
+            )
+        return mapping
+
     # Checks the schema cannot express ---------------------------------------------------------
     def _check_consistency(self) -> None:
         cfg = self.network_config
@@ -246,59 +284,19 @@ class Manifest:
 
 
 # Bounded JSON ----------------------------------------------------------------------------------
-#: Bounds on a model.json (and the model catalogue), checked before it is parsed: real manifests
-#: are a few kB and about 6 levels deep; without bounds a hostile one exhausts memory or the
-#: Python stack (json and jsonschema recurse per level).
-MAX_MANIFEST_BYTES = 1 << 20
-MAX_JSON_DEPTH = 32
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
-
-
-def _finite_float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"number {text[:20]} is out of range")
-    return value
+#: Bounds on a model.json (and the model catalogue), checked before it is parsed by the one bounded
+#: reader, `unetrpp.jsonio` (real manifests are a few kB and about 6 levels deep).
+MAX_MANIFEST_BYTES = MAX_JSON_BYTES
 
 
 def load_json(data: bytes | str, what: str, *, error: type[Exception] = ManifestError,
               max_bytes: int = MAX_MANIFEST_BYTES, max_depth: int = MAX_JSON_DEPTH) -> Any:
-    """Parse untrusted JSON with bounds: at most `max_bytes` bytes and `max_depth` nested arrays or
-    objects (measured before parsing), UTF-8, no NaN/Infinity or out-of-range numbers. Raises
-    `error` naming `what` and the limit."""
-    if len(data) > max_bytes:
-        raise error(f"{what} is larger than {max_bytes} bytes, the limit for this file")
-    if isinstance(data, bytes):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise error(f"{what} is not UTF-8 text: {exc}") from None
-    depth = deepest = 0
-    for match in re.finditer(r"[\[\]{}]", _JSON_STRING.sub("", data)):
-        depth += 1 if match.group() in "[{" else -1
-        if depth > deepest:
-            deepest = depth
-            if deepest > max_depth:
-                raise error(f"{what} nests arrays/objects more than {max_depth} levels deep; at most {max_depth} are accepted")
-    try:
-        return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
-    except ValueError as exc:  # JSONDecodeError, the constants above, ints of over 4300 digits
-        raise error(f"{what} is not valid JSON: {exc}") from None
+    """`unetrpp.jsonio.load_json` raising ManifestError unless told otherwise."""
+    return jsonio.load_json(data, what, error=error, max_bytes=max_bytes, max_depth=max_depth)
 
 
 def _check_depth(data: Any, max_depth: int = MAX_JSON_DEPTH) -> None:
-    """The same depth bound on an object built in memory (iterative: a deep one cannot overflow)."""
-    stack = [(data, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if isinstance(item, (dict, list)):
-            if depth > max_depth:
-                raise ManifestError(f"model.json nests arrays/objects more than {max_depth} levels deep; at most {max_depth} are accepted")
-            stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    jsonio.check_depth(data, "model.json", error=ManifestError, max_depth=max_depth)
 
 
 # Validation -----------------------------------------------------------------------------------
