@@ -54,8 +54,9 @@ class InputImageError(UnetrppError):
     category = INPUT
 
 
-class RequestError(UnetrppError):
-    """The options of a request are invalid (ROI, overlap, input names, unknown option)."""
+class RequestError(InputImageError):
+    """The options of a request are invalid (ROI, overlap, input names, unknown option). A kind of
+    InputImageError, so callers that caught that for a bad ROI or input name still do."""
 
     category = INPUT
 
@@ -166,6 +167,8 @@ def classify(exc: BaseException) -> Classified:
         if exc.errno == errno.ELOOP:
             return Classified(INPUT, f"symbolic link loop: {exc.filename or exc}")
         return Classified(INPUT, _os_message(exc))
+    if isinstance(exc, RuntimeError) and str(exc).startswith("Symlink loop"):  # Path.resolve() before 3.13
+        return Classified(INPUT, f"symbolic link loop: {str(exc).removeprefix('Symlink loop from ').strip(chr(39))}")
     if isinstance(exc, (zipfile.BadZipFile, pickle.UnpicklingError, EOFError, UnicodeError)):
         return Classified(INPUT, f"{type(exc).__name__}: {exc}")
     # A bug, not the user's input. (ValueError too: our own code raises UnetrppError for bad input.)
