@@ -245,3 +245,40 @@ def test_unreadable_input_is_an_error_line(tmp_path):
     proc = run([*WORKER, "--model", tmp_path / "no-model", EXAMPLE_CT, "-o", tmp_path / "o.nii.gz"], tmp_path)
     assert_error(proc, "no-model")
     assert json.loads(proc.stdout.strip().splitlines()[-1])["event"] == "error"
+
+
+# Issue 18: input paths, the error category in every entry point ---------------------------------------------
+def test_symlink_loop_input_is_an_input_error(tmp_path):
+    """Issue 18: a symbolic link loop as the input ended in `internal error (RuntimeError: Symlink
+    loop ...); please report it`, exit 1. Now an input error (exit 2) naming the path, in the
+    command, the worker (JSON event with its category) and batch."""
+    (tmp_path / "a.nii.gz").symlink_to("b.nii.gz")
+    (tmp_path / "b.nii.gz").symlink_to("a.nii.gz")
+    proc = run([*CLI, "segment", "--model", DEMO_MODEL, "a.nii.gz", "-o", "o.nii.gz"], tmp_path)
+    assert_error(proc, r"a\.nii\.gz is a symbolic link loop")
+    proc = run([*WORKER, "--model", DEMO_MODEL, "a.nii.gz", "-o", "o.nii.gz"], tmp_path)
+    assert_error(proc, "symbolic link loop")
+    event = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert event["event"] == "error" and event["category"] == "input" and "symbolic link loop" in event["message"]
+    proc = run([*CLI, "batch", "--model", DEMO_MODEL, "a.nii.gz", "-o", "out"], tmp_path)
+    assert_error(proc, "symbolic link loop")
+    proc = run([*CLI, "segment", "--model", DEMO_MODEL, EXAMPLE_CT, "-o", "a.nii.gz"], tmp_path)  # as the output
+    assert_error(proc, r"a\.nii\.gz")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii.gz"]
+
+
+def test_error_events_carry_the_category(tmp_path):
+    """The worker's last line names the category from `errors.classify` (the Slicer module switches
+    on it): model, output and request errors, each before any work."""
+    cases = [
+        ([*WORKER, "--model", tmp_path / "no-model", EXAMPLE_CT, "-o", "o.nii.gz"], "model"),
+        ([*WORKER, "--model", DEMO_MODEL, EXAMPLE_CT, "-o", "o.png"], "output"),
+        ([*WORKER, "--model", DEMO_MODEL, EXAMPLE_CT, "-o", "o.nii.gz", "--overlap", "1.5"], "input"),
+        ([*WORKER, "--model", DEMO_MODEL, "--input", "flair=x.nii.gz", "-o", "o.nii.gz"], "input"),
+    ]
+    for cmd, category in cases:
+        proc = run(cmd, tmp_path)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        event = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert event["event"] == "error" and event["category"] == category, (cmd, event)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

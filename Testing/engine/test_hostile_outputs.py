@@ -221,3 +221,49 @@ def test_missing_output_folder_removed_when_the_run_fails(tmp_path):
 
 def test_output_under_a_file_refused(ct, tmp_path):
     assert_refused(segment(ct, "-o", "ct.nii.gz/out.nii.gz", cwd=tmp_path), "is a file, not a folder")
+
+
+# Issue 18: batch goes through the same plan -------------------------------------------------------
+def _batch(*args, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([*CLI, "batch", "--model", str(DEMO_MODEL), "--fast", "--device", "cpu", "--progress",
+                           "none", *map(str, args)], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def _summary(path: Path) -> dict[str, dict[str, str]]:
+    import csv
+
+    with open(path, newline="") as f:
+        return {row["case"]: row for row in csv.DictReader(f)}
+
+
+def test_batch_never_replaces_an_input_scan(tmp_path):
+    """Issue 18: `unetrpp batch cts/ -o cts/ --format .nrrd --overwrite` with cts/case.nrrd an
+    input replaced the scan by its segmentation and reported success; without --overwrite the
+    case failed with the advice to pass --overwrite. Both are refused now, the scan untouched."""
+    import SimpleITK as sitk
+
+    cts = tmp_path / "cts"
+    cts.mkdir()
+    sitk.WriteImage(sitk.ReadImage(str(EXAMPLE_CT)), str(cts / "case.nrrd"))
+    before = (cts / "case.nrrd").read_bytes()
+    for extra in (["--overwrite"], []):
+        proc = _batch("cts", "-o", "cts", "--format", ".nrrd", *extra, cwd=tmp_path)
+        assert proc.returncode == 1, proc.stdout + proc.stderr  # the case failed; the batch reports it
+        assert "Traceback" not in proc.stderr, proc.stderr
+        row = _summary(cts / "summary.csv")["case"]
+        assert row["status"] == "failed" and row["category"] == "output", row
+        assert re.search(r"would replace .*case\.nrrd, an input of this run", row["error"]), row
+        assert "pass --overwrite" not in row["error"] and "pass --overwrite" not in proc.stderr
+        assert (cts / "case.nrrd").read_bytes() == before
+        assert sorted(p.name for p in cts.iterdir()) == ["case.nrrd", "summary.csv"]  # no report, no temp files
+
+
+def test_batch_outputs_never_go_into_a_dicom_input(tmp_path, data_dir):
+    """A DICOM series folder as the case and as the output folder: the summary and the case's
+    outputs would land inside the input; refused before any work, the folder unchanged."""
+    series = tmp_path / "series"
+    shutil.copytree(data_dir / "ct_dicom/example_ct_dicom", series)
+    before = sorted(p.name for p in series.iterdir())
+    proc = _batch(series, "-o", series, "--overwrite", cwd=tmp_path)
+    assert_refused(proc, "summary output .*would replace a file in .*series")
+    assert sorted(p.name for p in series.iterdir()) == before

@@ -6,8 +6,14 @@
   without suffix) must be unique.
 - Shards (`shard`): cases sorted by name; part I of N takes every N-th case from the I-th, so a
   Slurm array or a Kubernetes indexed job splits a cohort with no coordinator.
+- One path: each case becomes a `SegmentRequest` and an `OutputPlan` and runs through
+  `Segmenter.segment(request, plan)`, with the rules of `unetrpp segment`: an output is never an
+  input or the model (`--overwrite` included: such a case fails with that message, and the advice
+  to pass --overwrite is never given for it), nothing is replaced without `--overwrite`.
 - Resume: a case whose segmentation and report both exist is skipped (outputs appear atomically,
-  so existing means complete). A failed case is recorded (summary and log) and the batch goes on.
+  so existing means complete). A failed case is recorded with its error category (`errors.classify`)
+  in the summary and the log, and the batch goes on. The summary itself is an output of the plan's
+  rules: never an input or the model.
 - Overlap (as nnU-Net's background workers): two cases are in flight; the network runs one case at
   a time (a lock taken at the "predict" stage and released at "postprocess"), while the other
   case is read and preprocessed, or post-processed and written, so the device stays busy.
@@ -26,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import CancelledError, UnetrppError
+from .errors import CANCELLED, INTERNAL, InputImageError, OutputExistsError, UnetrppError, classify
 from .image import image_suffix
 from .manifest import Manifest
 from .progress import CancelToken, Event, ProgressSink
@@ -52,6 +58,7 @@ class CaseResult:
     status: str  # done | skipped | failed | cancelled
     seconds: float = 0.0
     error: str = ""
+    category: str = ""  # of a failed case: errors.classify's category
     output: str = ""
     volumes_ml: dict[str, float] = field(default_factory=dict)
 
@@ -66,12 +73,8 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and image_suffix(path) in IMAGE_SUFFIXES
 
 
-def _input_lookup(manifest: Manifest) -> dict[str, str]:
-    return {key.lower(): spec.name for spec in manifest.inputs for key in (spec.name, *spec.aliases)}
-
-
 def _multi_input_case(folder: Path, manifest: Manifest) -> Case:
-    lookup = _input_lookup(manifest)
+    lookup = manifest.input_lookup()
     found: dict[str, Path] = {}
     for entry in sorted(folder.iterdir()):
         name = lookup.get(_stem(entry).lower())
@@ -97,16 +100,17 @@ def find_cases(inputs: Sequence[str | Path], manifest: Manifest) -> list[Case]:
     two cases share a name (outputs would collide)."""
     names = [s.name for s in manifest.inputs]
     cases: list[Case] = []
+    from .request import check_input_path
+
     for given in map(Path, inputs):
-        if not given.exists():
-            raise UnetrppError(f"input {given} does not exist; give image files or folders")
+        check_input_path(given, f"input {given}")  # missing, a symbolic link loop, behind a closed folder
         if len(names) == 1:
             cases += [Case(_stem(given), {names[0]: given})] if given.is_file() else _one_input_cases(given, names[0])
         elif given.is_file():
             raise UnetrppError(f"model {manifest.name!r} takes {len(names)} inputs ({', '.join(names)}): give a folder "
                                f"per case (or a folder of case folders), not the file {given}")
         else:
-            lookup = _input_lookup(manifest)
+            lookup = manifest.input_lookup()
             holds_inputs = any(_stem(p).lower() in lookup for p in given.iterdir())
             cases += [_multi_input_case(given, manifest)] if holds_inputs else [
                 _multi_input_case(p, manifest) for p in sorted(given.iterdir()) if p.is_dir()]
@@ -157,7 +161,8 @@ class _DeviceGate:
 
 @dataclass
 class BatchRun:
-    """Segment `cases` into `outdir` with `segmenter` (a loaded `Segmenter`)."""
+    """Segment `cases` into `outdir` with `segmenter` (a loaded `Segmenter`). `run_options` are
+    the request options of every case (`SegmentRequest.build`: fast, overlap, roi, ...)."""
 
     segmenter: Any
     outdir: Path
@@ -175,6 +180,8 @@ class BatchRun:
 
     def run(self, cases: Sequence[Case]) -> list[CaseResult]:
         labels = [l.name for l in self.segmenter.manifest.labels if l.value != 0]
+        if self.summary_path is not None:
+            check_summary_path(self.summary_path, cases, self.segmenter.model.path)
         results: dict[str, CaseResult] = {}
         order = [c.name for c in cases]
         lock = threading.Lock()
@@ -196,36 +203,49 @@ class BatchRun:
         from .outputs import OutputPlan
 
         output, report = self.outputs(case)
-        if not self.overwrite and output.exists() and report.exists():
-            return CaseResult(case.name, "skipped", output=str(output), volumes_ml=_volumes(report))
-        if self.cancel is not None and self.cancel.is_set():
-            return CaseResult(case.name, "cancelled")
         started = time.perf_counter()
         try:
             if case.problem:
-                raise UnetrppError(case.problem)
-            if self.output_suffix == ".dcm":
-                from .dicom_seg import check_output_for_inputs
-
-                check_output_for_inputs(output, case.inputs)
-            plan = OutputPlan.create(output, report, overwrite=self.overwrite)
+                raise InputImageError(case.problem)
+            request = self.segmenter.request(case.inputs, **self.run_options)
+            plan = OutputPlan(output, report, overwrite=self.overwrite)
+            try:  # the plan's rules first: an output that is an input fails the case, even when done
+                plan.check([self.segmenter.model.path], request=request)
+            except OutputExistsError:
+                if not self.overwrite and plan.exists():
+                    return CaseResult(case.name, "skipped", output=str(output), volumes_ml=_volumes(report))
+                raise
+            if self.cancel is not None and self.cancel.is_set():
+                return CaseResult(case.name, "cancelled")
+            started = time.perf_counter()
             try:
-                result = self.segmenter.run(case.inputs, sink=gate.sink(self.sink), cancel=self.cancel,
-                                            **self.run_options)
+                result = self.segmenter.segment(request, plan, sink=gate.sink(self.sink), cancel=self.cancel)
             finally:
                 gate.release()
-            self.segmenter.write(result, plan, cancel=self.cancel)
-        except CancelledError:
-            return CaseResult(case.name, "cancelled", time.perf_counter() - started)
-        except (UnetrppError, MemoryError) as exc:
-            message = str(exc) or type(exc).__name__
-            log.error("case %s failed: %s", case.name, message)
-            return CaseResult(case.name, "failed", time.perf_counter() - started, error=message)
-        except Exception as exc:  # a bug or a broken file a reader did not anticipate: record, go on
-            log.exception("case %s failed", case.name)
-            return CaseResult(case.name, "failed", time.perf_counter() - started, error=f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # every error, classified; the batch goes on
+            c = classify(exc)
+            if c.category == CANCELLED:
+                return CaseResult(case.name, "cancelled", time.perf_counter() - started)
+            if c.category == INTERNAL:
+                log.error("case %s failed", case.name, exc_info=True)
+            else:
+                log.error("case %s failed (%s): %s", case.name, c.category, c.message)
+            return CaseResult(case.name, "failed", time.perf_counter() - started, error=c.message,
+                              category=c.category)
         volumes = {s["name"]: s["volume_ml"] for s in result.report["segments"]}
         return CaseResult(case.name, "done", time.perf_counter() - started, output=str(output), volumes_ml=volumes)
+
+
+def check_summary_path(path: Path, cases: Sequence[Case], model_path: Path | str) -> None:
+    """The summary is a file of the run too (the plan's rules, `unetrpp.outputs`): never an input
+    or the model, in a writable folder; it is rewritten after every case (resume), so an existing
+    one is replaced. Checked before the model is loaded."""
+    from .image import source_files
+    from .outputs import check_not_protected, check_output_file, protected_sources
+
+    protected = [f for c in cases for p in protected_sources(c.inputs, model_path) for f in source_files(p)]
+    check_not_protected("summary", Path(path), protected)
+    check_output_file("summary", Path(path), overwrite=True)
 
 
 def _volumes(report: Path) -> dict[str, float]:
@@ -238,13 +258,13 @@ def _volumes(report: Path) -> dict[str, float]:
 
 
 def write_summary(path: Path, results: Sequence[CaseResult], labels: Sequence[str]) -> None:
-    """case, status, seconds, output, error, then one volume column (mL) per label. Atomic."""
+    """case, status, seconds, output, error, category, then one volume column (mL) per label. Atomic."""
     from .atomic import write_text
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["case", "status", "seconds", "output", "error", *[f"{n} (mL)" for n in labels]])
+    writer.writerow(["case", "status", "seconds", "output", "error", "category", *[f"{n} (mL)" for n in labels]])
     for r in results:
-        writer.writerow([r.case, r.status, f"{r.seconds:.2f}", r.output, r.error,
+        writer.writerow([r.case, r.status, f"{r.seconds:.2f}", r.output, r.error, r.category,
                          *[f"{r.volumes_ml[n]:.3f}" if n in r.volumes_ml else "" for n in labels]])
     write_text(path, buf.getvalue())

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from . import __version__
-from .errors import UnetrppError
+from .errors import CANCELLED, classify
 
 log = logging.getLogger(__name__)
 
@@ -45,39 +45,30 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_command(func: Callable[[argparse.Namespace], int | None], args: argparse.Namespace) -> int:
-    """Run one command as every entry point does (`unetrpp`, the worker): whatever goes wrong ends
-    in one `error:` line on stderr, never a traceback. Exit codes: 0 ok; 2 a problem with the
-    input, the model, the output location or the environment (unreadable or unwritable files,
-    disk full, out of memory, standard output closed); 130 cancelled; 1 an internal error (a
+    """Run one command as every entry point does (`unetrpp`, the worker): whatever goes wrong is
+    mapped by `errors.classify` (the one policy) and ends in one line on stderr, never a
+    traceback: `error: MESSAGE` (or `cancelled`). Exit codes by category: 0 ok; 2 input, model,
+    output, environment or resource; 3 quality (`--strict` refused); 130 cancelled; 1 internal (a
     bug: its traceback is logged at debug level, shown with -vv)."""
     try:
         code = int(func(args) or 0)
         sys.stdout.flush()  # here, not at exit: a reader that went away is handled below
         return code
-    except UnetrppError as exc:
-        message = str(exc)
-    except KeyboardInterrupt:
-        print("cancelled", file=sys.stderr)
-        return 130
-    except BrokenPipeError:
-        # the reader of stdout is gone (`| head`, a parent process that stopped reading): stop
-        # quietly; stdout goes to /dev/null so that the interpreter's final flush cannot fail
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        message = "standard output was closed (broken pipe); stopped"
-    except OSError as exc:
-        where = f": {exc.filename}" if exc.filename else ""
-        message = f"{exc.strerror or exc}{where}"
-    except MemoryError:
-        message = "out of memory; close other programs, use a smaller --roi, or a machine with more memory"
-    except RecursionError:
-        message = "the input is nested too deeply to process"
-    except Exception as exc:  # a bug, not the user's input
-        log.debug("internal error", exc_info=True)
-        print(f"error: internal error ({type(exc).__name__}: {exc}); please report it (run with -vv for the "
-              "traceback)", file=sys.stderr)
-        return 1
-    print(f"error: {message}", file=sys.stderr)
-    return 2
+    except BaseException as exc:  # noqa: BLE001 - classified below; SystemExit passes through
+        if isinstance(exc, SystemExit):
+            raise
+        classified = classify(exc)
+        if isinstance(exc, BrokenPipeError):
+            # the reader of stdout is gone (`| head`, a parent process that stopped reading): stop
+            # quietly; stdout goes to /dev/null so that the interpreter's final flush cannot fail
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        if classified.is_bug:
+            log.debug("internal error", exc_info=True)
+        if classified.category == CANCELLED:
+            print("cancelled", file=sys.stderr)
+        else:
+            print(f"error: {classified.message}", file=sys.stderr)
+        return classified.exit_code
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """One segmentation in one call, for scripts: `segment(model, inputs, SegmentOptions(...))`.
 
-A thin front of `unetrpp.segmenter.Segmenter` (which loads the model once and does the work) and
-`unetrpp.outputs.OutputPlan` (which checks and writes the output files atomically). Use the
-Segmenter directly to segment several images with one loaded model.
+A thin front of the one path: `SegmentOptions` become a `unetrpp.request.SegmentRequest` and an
+`unetrpp.outputs.OutputPlan` (checked before the model is loaded), then
+`Segmenter.segment(request, plan)` does the work. Use the Segmenter directly to segment several
+images with one loaded model.
 """
 
 from __future__ import annotations
@@ -12,11 +13,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import UnetrppError
+from .errors import RequestError
 from .image import Image
+from .manifest import read_manifest
 from .outputs import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIXES, OutputPlan, default_report_path
 from .progress import CancelToken, ProgressSink, null_sink
-from .segmenter import SegmentationResult, Segmenter, check_roi, resolve_input_names, statistics
+from .request import SegmentRequest, parse_roi
+from .segmenter import SegmentationResult, Segmenter, resolve_input_names, statistics
 
 __all__ = ["SegmentOptions", "SegmentationResult", "segment", "parse_roi", "output_plan", "default_report_path",
            "resolve_input_names", "statistics", "LABELMAP_SUFFIXES", "SEGMENTATION_SUFFIXES"]
@@ -41,13 +44,14 @@ class SegmentOptions:
     cancel: CancelToken | None = None
 
 
-def output_plan(options: SegmentOptions) -> OutputPlan | None:
+def output_plan(options: SegmentOptions, request: SegmentRequest | None = None) -> OutputPlan | None:
     """The checked output paths of `options` (None: compute only), before any work is done."""
     if options.output is None:
         if options.probabilities or options.report:
-            raise UnetrppError("--probabilities and --report need an output path (-o)")
+            raise RequestError("--probabilities and --report need an output path (-o)")
         return None
-    return OutputPlan.create(options.output, options.report, options.probabilities, options.overwrite)
+    return OutputPlan.create(options.output, options.report, options.probabilities, options.overwrite,
+                             request=request)
 
 
 def segment(
@@ -58,19 +62,19 @@ def segment(
     """Segment `inputs` (name -> Image or path; a single image/path for one-input models) with
     `model` (a Segmenter, a loaded Model, a package path or an installed model's name)."""
     options = options or SegmentOptions()
-    plan = output_plan(options)  # refuse bad or existing outputs before loading anything
+    if isinstance(model, Segmenter):
+        manifest = model.manifest
+    elif hasattr(model, "manifest"):  # a loaded Model
+        manifest = model.manifest  # type: ignore[attr-defined]
+    else:
+        from .catalogue import resolve_model
+
+        model = resolve_model(model)  # type: ignore[arg-type]
+        manifest = read_manifest(model)  # cheap, no torch: the request is checked before loading
+    request = SegmentRequest.build(manifest, inputs, roi=options.roi, overlap=options.overlap, fast=options.fast,
+                                   series_uid=options.series_uid, device=options.device,
+                                   with_confidence=options.probabilities is not None)
+    plan = output_plan(options, request)  # refuse bad or existing outputs before loading anything
     segmenter = model if isinstance(model, Segmenter) else Segmenter(
         model, options.device, batch_size=options.batch_size, amp=options.amp)  # type: ignore[arg-type]
-    return segmenter.segment(inputs, plan, roi=options.roi, overlap=options.overlap, fast=options.fast,
-                             series_uid=options.series_uid, sink=options.sink, cancel=options.cancel)
-
-
-def parse_roi(text: str) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    """"xmin,ymin,zmin,xmax,ymax,zmax" (LPS mm) -> ((xmin, ymin, zmin), (xmax, ymax, zmax))."""
-    try:
-        v = [float(p) for p in text.replace(";", ",").split(",")]
-    except ValueError:
-        v = []
-    roi = check_roi((v[:3], v[3:]) if len(v) == 6 else ((), ()), given=f"--roi {text!r}")
-    assert roi is not None
-    return roi
+    return segmenter.segment(request, plan, sink=options.sink, cancel=options.cancel)

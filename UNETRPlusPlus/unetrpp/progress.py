@@ -9,7 +9,8 @@ JSON-lines protocol (one object per line, key "event"):
   {"event": "progress", "stage": str, "done": int, "total": int, "fraction": float, "eta_s": float|null}
   {"event": "log", "level": "info|warning|error", "message": str}
   {"event": "done", "outputs": {kind: path}, "report": {...}}
-  {"event": "error", "kind": ExceptionClassName, "message": str}
+  {"event": "error", "category": "input|model|output|environment|resource|quality|cancelled|internal",
+   "kind": ExceptionClassName, "message": str}        (category and message from `errors.classify`)
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Event:
     eta_s: float | None = None
     level: str | None = None
     kind: str | None = None
+    category: str | None = None
     outputs: dict[str, str] | None = None
     report: dict[str, Any] | None = None
 

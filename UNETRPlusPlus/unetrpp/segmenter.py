@@ -1,52 +1,59 @@
 """`Segmenter`: a model package loaded once, then used for any number of segmentations.
 
-Every way into the engine uses it (the `unetrpp segment` CLI, the Slicer module's worker process,
-batch and server use, `pipeline.segment` for scripts), so all give identical results:
+Every way into the engine ends in one call, `Segmenter.segment(request, output_plan)` (the
+`unetrpp segment` command, batch, the worker the Slicer module starts, the server's workers,
+`pipeline.segment` for scripts), so all give identical results and keep the same rules:
 
     from unetrpp import Segmenter
     from unetrpp.outputs import OutputPlan
 
-    seg = Segmenter("synapse-official", device="auto")          # resolve, verify, load: once
-    plan = OutputPlan.create("ct.seg.nrrd")                      # check output paths before work
-    result = seg.segment("ct.nii.gz", plan, fast=True, sink=print, cancel=stop_event)
-    result.labelmap, result.report, result.outputs               # Image, dict, {kind: path}
+    seg = Segmenter("synapse-official", device="auto")           # resolve, verify, load: once
+    request = seg.request("ct.nii.gz", fast=True)                  # validated once (unetrpp.request)
+    plan = OutputPlan.create("ct.seg.nrrd", request=request)       # every output rule, before work
+    result = seg.segment(request, plan, sink=print, cancel=stop_event)
+    result.labelmap, result.report, result.outputs                 # Image, dict, {kind: path}
 
 - `Segmenter(model, device="auto", batch_size=None, amp=True)`: `model` is a loaded `Model`, a
   package path or an installed model's name. Raises `PackageError`/`ManifestError`/
   `IntegrityError` for a bad package, `DeviceUnavailableError` for a device that is not there.
-- `run(inputs, roi=None, overlap=None, fast=False, series_uid=None, with_confidence=False,
-  sink=null_sink, cancel=None) -> SegmentationResult`: read -> preprocess -> predict ->
-  postprocess, nothing written. `inputs`: {input name or alias: Image or path}, or one Image/path
-  for one-input models. `roi`: ((xmin, ymin, zmin), (xmax, ymax, zmax)) in LPS mm. `sink` receives
-  `progress.Event`s ("stage", "progress", "log"); `cancel` is any object with `is_set()` (a
-  `threading.Event`), checked between stages and sliding windows (raises `CancelledError`).
-- `write(result, plan, cancel=None) -> dict[kind, path]`: the outputs of `plan` (see
-  `unetrpp.outputs`), atomically and together; fills `result.outputs` and the report's timing.
-- `segment(inputs, plan=None, **run_options)`: `run`, then `write` when `plan` is given, then a
-  "done" event with the outputs and the report.
+- `request(inputs, **options) -> SegmentRequest`: `SegmentRequest.build` against this model's
+  manifest (inputs by name or alias, ROI, overlap, fast, series UID, device, backend, ...).
+- `segment(request, plan=None, *, sink, cancel) -> SegmentationResult`: checks the plan again
+  (time has passed since it was made; now the model file is known and protected too), reads,
+  preprocesses, predicts, postprocesses, writes the plan's files atomically and together, then
+  emits the "done" event with the outputs and the report. `plan=None` computes without writing.
+  `sink` receives `progress.Event`s ("stage", "progress", "log", "done"); `cancel` is any object
+  with `is_set()` (a `threading.Event`), checked between stages and sliding windows (raises
+  `CancelledError`).
+- The Segmenter alone applies the model's inference defaults (overlap, mirror axes, Gaussian
+  sigma, largest-component labels) to what the request leaves open, and builds the optimized
+  network (`unetrpp.network.fast`) once per device and dtype, reused by every run.
+- `run(request)` and `write(result, plan)` are the two halves of `segment`, kept for the engine's
+  own use and tests; entry points call `segment`, which is where the plan's rules are enforced.
+  For compatibility `segment`/`run` also take the former form `(inputs, plan, roi=..., fast=...)`
+  and build the request themselves.
 
-The Segmenter holds no state between runs other than the loaded network, so one instance may
-serve runs one after another (not concurrently: one network, one device).
+The Segmenter holds no state between runs other than the loaded (and optimized) network, so one
+instance may serve runs one after another (not concurrently: one network per device).
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from .errors import CancelledError, InputImageError, UnetrppError
+from .errors import CancelledError
 from .image import Image, check_geometry, read_image
 from .manifest import Manifest
-from .outputs import OutputPlan, protected_sources, write_outputs
+from .outputs import OutputPlan, write_outputs
 from .package import Model, load
 from .preprocess import PreprocessState, labels_to_input_grid, preprocess
 from .progress import CancelToken, Event, ProgressSink, null_sink
+from .request import SegmentRequest, check_roi  # noqa: F401  (check_roi: re-exported for scripts)
 from .segmentation import remove_small_components, segment_statistics
 
 log = logging.getLogger(__name__)
@@ -65,6 +72,7 @@ class SegmentationResult:
     state: PreprocessState | None = None
     warnings: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict, repr=False)  # raw seconds per stage
+    request: SegmentRequest | None = field(default=None, repr=False)  # what was asked
 
 
 def check_cancel(cancel: CancelToken | None) -> None:
@@ -73,71 +81,20 @@ def check_cancel(cancel: CancelToken | None) -> None:
 
 
 # Inputs -----------------------------------------------------------------------------------
-def _inputs_help(manifest: Manifest) -> str:
-    parts = []
-    for s in manifest.inputs:
-        others = [a for a in s.aliases if a != s.name]
-        parts.append(s.name + (f" (also {', '.join(others)})" if others else "") + f": {s.description or s.modality}")
-    return "; ".join(parts)
-
-
 def resolve_input_names(given: Sequence[str], manifest: Manifest) -> dict[str, str]:
-    """Map user-given input names (manifest names or their aliases, case-insensitive) to manifest
-    names. Raises InputImageError listing the expected names when they do not fit."""
-    specs = manifest.inputs
-    lookup: dict[str, str] = {}
-    for s in specs:
-        for key in (s.name, *s.aliases):
-            lookup.setdefault(key.lower(), s.name)
-    mapping: dict[str, str] = {}
-    for g in given:
-        name = lookup.get(g.lower())
-        if name is None:
-            raise InputImageError(f"model {manifest.name!r} has no input named {g!r}; its inputs are {_inputs_help(manifest)}")
-        if name in mapping.values():
-            raise InputImageError(f"input {name!r} was given twice; model {manifest.name!r} takes {_inputs_help(manifest)}")
-        mapping[g] = name
-    missing = [s.name for s in specs if s.name not in mapping.values()]
-    if missing:
-        raise InputImageError(
-            f"model {manifest.name!r} takes {len(specs)} input(s), missing: {', '.join(missing)}. "
-            f"Give each as --input NAME=PATH; its inputs are {_inputs_help(manifest)}"
-        )
-    return mapping
+    """{given name: manifest name}: `Manifest.resolve_inputs` (kept for scripts that import it here)."""
+    return manifest.resolve_inputs(list(given))
 
 
-def named_inputs(inputs: Inputs | None, manifest: Manifest) -> Mapping[str, Any]:
-    """One image/path for a one-input model -> {its input name: image}; a mapping as given."""
-    names = [i.name for i in manifest.inputs]
-    if isinstance(inputs, Mapping):
-        if not inputs:
-            raise InputImageError(
-                f"no input given; model {manifest.name!r} takes "
-                + (f"one input (INPUT or --input {names[0]}=PATH)" if len(names) == 1
-                   else f"--input NAME=PATH for each of: {', '.join(names)}"))
-        return inputs
-    if inputs is None:
-        return named_inputs({}, manifest)
-    if len(names) != 1:
-        raise InputImageError(
-            f"model {manifest.name!r} takes {len(names)} inputs; give each as --input NAME=PATH with "
-            f"NAME in: {', '.join(names)}"
-        )
-    return {names[0]: inputs}
-
-
-def _read_inputs(inputs: Mapping[str, Any], manifest: Manifest,
-                 series_uid: str | None) -> tuple[dict[str, Image], dict[str, Any]]:
-    mapping = resolve_input_names(list(inputs), manifest)
+def _read_inputs(request: SegmentRequest) -> tuple[dict[str, Image], dict[str, Any]]:
     images: dict[str, Image] = {}
     described: dict[str, Any] = {}
-    for given, value in inputs.items():
-        name = mapping[given]
+    for name, value in request.inputs.items():
         if isinstance(value, Image):  # in memory: the geometry checks read_image does for files
-            check_geometry(value, f"input {given!r}")
+            check_geometry(value, f"input {request.name_of(name)!r}")
             img = value
         else:
-            img = read_image(value, series_uid=series_uid)
+            img = read_image(value, series_uid=request.series_uid)
         images[name] = img
         described[name] = {
             "source": img.meta.get("source", "(in memory)"),
@@ -146,26 +103,7 @@ def _read_inputs(inputs: Mapping[str, Any], manifest: Manifest,
             "origin": list(img.origin),
             "direction": img.direction.ravel().tolist(),
         }
-    return {n: images[n] for n in (s.name for s in manifest.inputs)}, described
-
-
-def check_roi(roi: Roi | None, given: str | None = None) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
-    """A region of interest ((xmin, ymin, zmin), (xmax, ymax, zmax)) in LPS mm as floats, or None.
-    Refuses anything else, including NaN and infinite bounds (which no comparison catches)."""
-    if roi is None:
-        return None
-    shown = given if given is not None else repr(roi)
-    try:
-        lo, hi = (tuple(float(v) for v in corner) for corner in roi)
-    except (TypeError, ValueError):
-        lo = hi = ()
-    if len(lo) != 3 or len(hi) != 3:
-        raise InputImageError(f"region of interest {shown}: give six numbers xmin,ymin,zmin,xmax,ymax,zmax in mm (LPS, as DICOM/ITK)")
-    if not all(math.isfinite(v) for v in (*lo, *hi)):
-        raise InputImageError(f"region of interest {shown}: every bound must be a finite number of mm (not NaN or infinite)")
-    if any(b <= a for a, b in zip(lo, hi)):
-        raise InputImageError(f"region of interest {shown}: each max must be greater than its min")
-    return lo, hi  # type: ignore[return-value]
+    return images, described
 
 
 # Report -----------------------------------------------------------------------------------
@@ -211,23 +149,85 @@ class Segmenter:
         self.model = model.to(self.device)
         self.batch_size = batch_size
         self.amp = amp
+        self._networks: dict[tuple[str, Any], Any] = {}  # (device, dtype) -> inference module
 
     @property
     def manifest(self) -> Manifest:
         return self.model.manifest
 
-    def run(self, inputs: Inputs, *, roi: Roi | None = None, overlap: float | None = None, fast: bool = False,
-            series_uid: str | None = None, with_confidence: bool = False, sink: ProgressSink = null_sink,
-            cancel: CancelToken | None = None) -> SegmentationResult:
-        """Segment without writing anything (see the module docstring)."""
+    # Requests -----------------------------------------------------------------------------
+    def request(self, inputs: Inputs, **options: Any) -> SegmentRequest:
+        """`SegmentRequest.build` against this model's manifest (see `unetrpp.request`)."""
+        return SegmentRequest.build(self.manifest, inputs, **options)
+
+    def _request(self, request: SegmentRequest | Inputs, legacy: dict[str, Any]) -> SegmentRequest:
+        if isinstance(request, SegmentRequest):
+            if legacy:
+                raise TypeError(f"options {', '.join(sorted(legacy))} belong in the request, not in this call")
+            if request.model is not None and request.model != self.manifest.name:
+                from .errors import RequestError
+
+                raise RequestError(f"the request was built for model {request.model!r}, not {self.manifest.name!r}")
+            return request
+        return self.request(request, **legacy)  # the former form: (inputs, roi=..., fast=..., ...)
+
+    def _device(self, request: SegmentRequest) -> Any:
+        if request.device == "auto":
+            return self.device
+        from .predict import select_device
+
+        return select_device(request.device)
+
+    def network_for(self, device: Any) -> Any:
+        """The inference module on `device`: the optimized network (unetrpp.network.fast), built
+        once per device and dtype and kept; the faithful network where the fast path does not
+        apply (MPS, a dtype other than float32) or cannot be built."""
+        import torch
+
+        network = self.model.network
+        dtype = next((p.dtype for p in network.parameters() if p.is_floating_point()), torch.float32)
+        key = (str(device), dtype)
+        module = self._networks.get(key)
+        if module is None:
+            network.to(device).eval()
+            module = network
+            if device.type in ("cpu", "cuda") and dtype == torch.float32:
+                try:
+                    module = self.model.optimized()
+                except Exception as exc:  # the faithful network always works; never fail on the fast path
+                    log.warning("fast inference path unavailable (%s); using the standard network", exc)
+            self._networks[key] = module
+        return module
+
+    # The one path ---------------------------------------------------------------------------
+    def segment(self, request: SegmentRequest | Inputs, plan: OutputPlan | None = None, *,
+                sink: ProgressSink = null_sink, cancel: CancelToken | None = None,
+                **legacy: Any) -> SegmentationResult:
+        """The one call of every entry point (see the module docstring)."""
+        request = self._request(request, legacy)
+        if plan is not None:  # again: time has passed since the caller built it; now the model is known too
+            plan.check([self.model.path], request=request)
+        result = self._run(request, sink, cancel, with_confidence=request.with_confidence or (
+            plan is not None and plan.wants_confidence))
+        if plan is not None:
+            self.write(result, plan, cancel=cancel, sink=sink)
+        sink(Event("done", outputs=result.outputs, report=result.report))
+        log.info("segmented with %s in %.1f s", self.manifest.name, result.report["timing_s"]["total"])
+        return result
+
+    def run(self, request: SegmentRequest | Inputs, *, sink: ProgressSink = null_sink,
+            cancel: CancelToken | None = None, **legacy: Any) -> SegmentationResult:
+        """Segment without writing anything (the first half of `segment`)."""
+        request = self._request(request, legacy)
+        return self._run(request, sink, cancel, with_confidence=request.with_confidence)
+
+    def _run(self, request: SegmentRequest, sink: ProgressSink, cancel: CancelToken | None, *,
+             with_confidence: bool) -> SegmentationResult:
         manifest = self.manifest
-        roi = check_roi(roi)
-        defaults = manifest.inference_defaults
-        overlap = defaults.overlap if overlap is None else float(overlap)
-        if not 0 <= overlap < 1:
-            raise UnetrppError(f"overlap {overlap} must be at least 0 and below 1")
-        mirror_axes = () if fast else defaults.mirror_axes
-        inputs = named_inputs(inputs, manifest)
+        defaults = manifest.inference_defaults  # applied here, and only here
+        overlap = defaults.overlap if request.overlap is None else request.overlap
+        mirror_axes = () if request.fast else tuple(defaults.mirror_axes)
+        device = self._device(request)
         timing: dict[str, float] = {}
         if self._load_seconds is not None:
             timing["load_model"], self._load_seconds = self._load_seconds, None
@@ -238,12 +238,12 @@ class Segmenter:
             sink(Event("stage", stage=name, message=message))
             return time.perf_counter()
 
-        t = stage("read", f"reading {len(inputs)} input(s)")
-        images, described = _read_inputs(inputs, manifest, series_uid)
+        t = stage("read", f"reading {len(request.inputs)} input(s)")
+        images, described = _read_inputs(request)
         timing["read"] = time.perf_counter() - t
 
         t = stage("preprocess", "crop, resample and normalise (model plan)")
-        volume, state = preprocess(images, manifest, roi=roi)
+        volume, state = preprocess(images, manifest, roi=request.roi)
         del images
         for w in state.warnings:
             sink(Event("log", level="warning", message=w))
@@ -251,12 +251,15 @@ class Segmenter:
 
         import torch
 
-        t = stage("predict", f"sliding window on {self.device} over {'x'.join(map(str, volume.shape[1:]))} voxels")
+        from .predict import predict_probabilities
+
+        t = stage("predict", f"sliding window on {device} over {'x'.join(map(str, volume.shape[1:]))} voxels")
         tensor = torch.from_numpy(volume)
         del volume
-        probabilities = self.model.predict(  # the package's defaults (Gaussian sigma), mirroring unless fast
-            tensor, device=self.device, fast=fast, overlap=overlap, batch_size=self.batch_size, amp=self.amp,
-            sink=sink, cancel=cancel)
+        probabilities = predict_probabilities(
+            self.network_for(device), tensor, patch_size=tuple(manifest.network_config.patch_size),
+            overlap=overlap, mirror_axes=mirror_axes, sigma_scale=defaults.gaussian_sigma_scale,
+            batch_size=self.batch_size, device=device, amp=self.amp, sink=sink, cancel=cancel, optimize=False)
         del tensor
         timing["predict"] = time.perf_counter() - t
 
@@ -274,9 +277,9 @@ class Segmenter:
         report: dict[str, Any] = {
             "model": {"name": manifest.name, "version": manifest.version, "weights_sha256": manifest.weights_sha256,
                       "title": manifest.title, "path": str(self.model.path)},
-            "device": str(self.device),
+            "device": str(device),
             "inputs": described,
-            "options": {"overlap": overlap, "mirror_axes": list(mirror_axes), "roi": _roi_json(roi),
+            "options": {"overlap": overlap, "mirror_axes": list(mirror_axes), "roi": _roi_json(request.roi),
                         "largest_component_labels": list(defaults.largest_component_labels)},
             "preprocessing": state.summary(),
             "warnings": list(state.warnings),
@@ -287,11 +290,12 @@ class Segmenter:
         if removed:
             report["largest_component_removed_voxels"] = {str(k): v for k, v in removed.items()}
         return SegmentationResult(labelmap=labelmap, report=report, confidence=confidence, state=state,
-                                  warnings=list(state.warnings), timing=timing)
+                                  warnings=list(state.warnings), timing=timing, request=request)
 
     def write(self, result: SegmentationResult, plan: OutputPlan, *, cancel: CancelToken | None = None,
               sink: ProgressSink = null_sink) -> dict[str, str]:
-        """Write the outputs of `plan` atomically and together (see `unetrpp.outputs`)."""
+        """Write the outputs of `plan` atomically and together (the second half of `segment`; the
+        plan's checks are `segment`'s: entry points call that)."""
         timing = result.timing
         check_cancel(cancel)
         sink(Event("stage", stage="write", message=f"writing {plan.segmentation}"))
@@ -305,18 +309,5 @@ class Segmenter:
             check_cancel(cancel)
 
         result.outputs = write_outputs(plan, result.labelmap, self.manifest, result.report, result.confidence,
-                                       before_commit=finish)
+                                       before_commit=finish, result=result)
         return result.outputs
-
-    def segment(self, inputs: Inputs, plan: OutputPlan | None = None, *, sink: ProgressSink = null_sink,
-                cancel: CancelToken | None = None, **run_options: Any) -> SegmentationResult:
-        """`run`, then `write` when `plan` is given, then the "done" event."""
-        if plan is not None:  # again: time has passed since the caller built it; now the model is known too
-            plan.check(protected_sources(inputs, self.model.path))
-        result = self.run(inputs, with_confidence=plan is not None and plan.probabilities is not None,
-                          sink=sink, cancel=cancel, **run_options)
-        if plan is not None:
-            self.write(result, plan, cancel=cancel, sink=sink)
-        sink(Event("done", outputs=result.outputs, report=result.report))
-        log.info("segmented with %s in %.1f s", self.manifest.name, result.report["timing_s"]["total"])
-        return result

@@ -1,9 +1,11 @@
 """The process the Slicer module starts: `python -m unetrpp.worker ARGS` runs `unetrpp segment ARGS`
 with JSON-lines progress on stdout (one object per line, see `unetrpp.progress`).
 
-The last line is `{"event": "done", ...}` or `{"event": "error", "kind": ..., "message": ...}`.
-Exit codes as the CLI: 0 ok, 2 user error, 130 cancelled (SIGTERM or SIGINT: the run stops at the
-next sliding window and leaves no partial output), anything else a crash. Logging goes to stderr.
+The last line is `{"event": "done", ...}` or `{"event": "error", "category": ..., "kind": ...,
+"message": ...}` (category and message from `unetrpp.errors.classify`, the one error policy).
+Exit codes as the CLI (`cli.run_command`): 0 ok, 2 input/model/output/environment/resource
+error, 3 quality refusal, 130 cancelled (SIGTERM or SIGINT: the run stops at the next sliding
+window and leaves no partial output), 1 internal error. Logging goes to stderr.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ import logging
 import sys
 from pathlib import Path
 
-from ..errors import UnetrppError
+from ..errors import OutputError
 
 log = logging.getLogger(__name__)
 
@@ -48,23 +48,25 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..batch import BatchRun, find_cases, shard
+    from ..batch import BatchRun, check_summary_path, find_cases, shard
     from ..catalogue import resolve_model
     from ..package import read_manifest
     from ..segmenter import Segmenter
+    from ..request import check_options
     from .segment import _Cancel
 
-    if args.overlap is not None and not 0 <= args.overlap < 1:
-        raise UnetrppError(f"--overlap {args.overlap} must be at least 0 and below 1")
+    options = {"fast": args.fast, "overlap": args.overlap}
+    check_options(**options)  # before anything is read; each case's request is built from these
     model_path = resolve_model(args.model)
     cases = find_cases(args.inputs, read_manifest(model_path))  # before loading the network
     mine = shard(cases, args.num_parts, args.part_id)
     summary = args.output_dir / ("summary.csv" if args.num_parts == 1
                                  else f"summary-part-{args.part_id}-of-{args.num_parts}.csv")
+    check_summary_path(summary, mine, model_path)  # the plan's rules, before anything is created or loaded
     try:
         args.output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UnetrppError(f"cannot create the output folder {args.output_dir}: {exc}") from None
+        raise OutputError(f"cannot create the output folder {args.output_dir}: {exc}") from None
     log.info("%d case(s) found, %d in part %d of %d", len(cases), len(mine), args.part_id, args.num_parts)
     cancel = _Cancel()
     cancel.install()
@@ -77,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     def on_case(result) -> None:
         line = f"{result.case}: {result.status}" + (f" ({result.seconds:.1f} s)" if result.status == "done" else "")
-        line += f": {result.error}" if result.error else ""
+        line += f" ({result.category} error): {result.error}" if result.error else ""
         if bar is not None:
             bar.update(1)
             bar.write(line, file=sys.stderr)
@@ -85,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr, flush=True)
 
     batch = BatchRun(segmenter, args.output_dir, output_suffix=args.format, overwrite=args.overwrite,
-                     run_options={"fast": args.fast, "overlap": args.overlap}, summary_path=summary,
+                     run_options=options, summary_path=summary,
                      cancel=cancel, on_case=on_case)
     try:
         results = batch.run(mine)

@@ -9,7 +9,7 @@ import sys
 import threading
 from typing import Any
 
-from ..errors import CancelledError, InputImageError, UnetrppError
+from ..errors import InputImageError
 from ..progress import Event, JsonLinesSink, TqdmSink, logging_sink
 
 EPILOG = """\
@@ -119,9 +119,13 @@ def _print_summary(result, out=sys.stdout) -> None:
 
 
 def run(args: argparse.Namespace, force_json: bool = False) -> int:
+    """The surface (argparse) -> one `SegmentRequest` and one `OutputPlan` -> `Segmenter.segment`.
+    Errors propagate to `cli.run_command` (which maps them through `errors.classify`); with JSON
+    progress the last line is the error event carrying the category."""
     from ..catalogue import resolve_model
-    from ..outputs import OutputPlan, protected_sources
-    from ..pipeline import parse_roi
+    from ..outputs import OutputPlan
+    from ..package import read_manifest
+    from ..request import SegmentRequest, parse_roi
     from ..segmenter import Segmenter
 
     progress = "json" if force_json else args.progress
@@ -142,38 +146,41 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
     cancel = _Cancel()
     cancel.install()
     try:
-        roi = parse_roi(args.roi) if args.roi else None
         inputs = _inputs(args)
-        from ..dicom_seg import check_output_for_inputs
-
-        check_output_for_inputs(args.output, inputs)  # DICOM SEG needs a DICOM series input
         if args.server:
-            from ..client import run_segment_command
+            from ..dicom_seg import check_output_for_inputs
+            from ..request import check_options
 
-            result = run_segment_command(args, inputs, roi, sink, cancel)
+            check_options(roi=args.roi, overlap=args.overlap, fast=args.fast, series_uid=args.series_uid)
+            check_output_for_inputs(args.output, inputs)  # DICOM SEG needs a DICOM series input
+            result = run_remote(args, inputs, parse_roi(args.roi) if args.roi else None, sink, cancel)
             return _finish(result, progress, bar)
+        model_path = resolve_model(args.model)
+        request = SegmentRequest.build(read_manifest(model_path), inputs, roi=args.roi, overlap=args.overlap,
+                                       fast=args.fast, series_uid=args.series_uid, device=args.device,
+                                       with_confidence=args.probabilities is not None)
         plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite,  # before loading
-                                 protected=protected_sources(inputs))
-        segmenter = Segmenter(resolve_model(args.model), args.device, batch_size=args.batch_size)
-        result = segmenter.segment(inputs, plan, roi=roi, overlap=args.overlap, fast=args.fast,
-                                   series_uid=args.series_uid, sink=sink, cancel=cancel)
-    except CancelledError as exc:
+                                 protected=[model_path], request=request)
+        segmenter = Segmenter(model_path, args.device, batch_size=args.batch_size)
+        result = segmenter.segment(request, plan, sink=sink, cancel=cancel)
+    except BaseException as exc:
         if progress == "json":
-            sink(Event("error", kind="CancelledError", message=str(exc)))
-        print("cancelled", file=sys.stderr)
-        return 130
-    except UnetrppError as exc:
-        if progress == "json":
-            sink(Event("error", kind=type(exc).__name__, message=str(exc)))
-        raise
-    except Exception as exc:
-        if progress == "json":
-            sink(Event("error", kind=type(exc).__name__, message=str(exc) or type(exc).__name__))
+            from ..errors import classify
+
+            c = classify(exc)
+            sink(Event("error", kind=type(exc).__name__, category=c.category, message=c.message))
         raise
     finally:
         if bar is not None:
             bar.close()
     return _finish(result, progress, None)
+
+
+def run_remote(args: argparse.Namespace, inputs: Any, roi: Any, sink: Any, cancel: Any) -> Any:
+    """`--server`: the remote client (unetrpp.client) runs the job on a segmentation server."""
+    from ..client import run_segment_command
+
+    return run_segment_command(args, inputs, roi, sink, cancel)
 
 
 def _finish(result, progress: str, bar) -> int:
