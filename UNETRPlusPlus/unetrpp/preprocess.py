@@ -162,11 +162,9 @@ def roi_to_box(reference: Image, roi: Sequence[Sequence[float]] | None) -> Box:
     shape = reference.array.shape
     if roi is None:
         return tuple(slice(0, n) for n in shape)  # type: ignore[return-value]
-    lo, hi = np.asarray(roi[0], dtype=float), np.asarray(roi[1], dtype=float)
-    if lo.shape != (3,) or hi.shape != (3,) or np.any(hi <= lo):
-        raise InputImageError(
-            f"region of interest {roi} must be (xmin, ymin, zmin), (xmax, ymax, zmax) in LPS mm with max > min"
-        )
+    from .request import check_roi  # the one ROI check (a request's ROI passes it unchanged)
+
+    lo, hi = (np.asarray(corner, dtype=float) for corner in check_roi(roi))  # type: ignore[misc]
     corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
     idx = reference.physical_to_index(corners)  # (x, y, z) continuous indices
     start = np.maximum(np.ceil(idx.min(0) - 0.5 - 1e-6), 0).astype(int)
