@@ -159,14 +159,8 @@ def options_from_json(data: Any, *, allowed: Sequence[str] = JSON_OPTIONS, what:
         raise RequestError("option overlap must be a number in [0, 1)")
     if data.get("series_uid") is not None and not isinstance(data["series_uid"], str):
         raise RequestError("option series_uid must be a string")
-    values = {k: v for k, v in data.items() if v is not None or k in ("roi", "overlap", "series_uid")}
-    for flag in ("fast", "with_confidence", "strict"):  # JSON null: the default
-        if flag in data and data[flag] is None:
-            values.pop(flag, None)
-    try:
-        return check_options(**values)
-    except RequestError as exc:
-        raise RequestError(f"{what}: {exc}") from None
+    values = {k: v for k, v in data.items() if v is not None}  # JSON null: the default
+    return check_options(**values)
 
 
 # Inputs -------------------------------------------------------------------------------------------
