@@ -112,6 +112,34 @@ def test_segmenter_loads_once_and_runs_twice_identically(segmenter, data_dir, tm
     np.testing.assert_array_equal(again.labelmap.array, first.labelmap.array)
 
 
+def test_one_request_one_call_and_the_optimized_network_built_once(segmenter, data_dir, tmp_path):
+    """Issue 18: `Segmenter.segment(request, plan)`; the optimized network is built once per device
+    and dtype and reused by every run (it was rebuilt on every call); the faithful network's
+    output is unchanged by it."""
+    import torch
+
+    from unetrpp.outputs import OutputPlan
+    from unetrpp.predict import predict_probabilities
+    from unetrpp.request import SegmentRequest
+
+    request = segmenter.request(data_dir / CT, fast=True, roi=None)
+    assert isinstance(request, SegmentRequest) and request.model == segmenter.manifest.name
+    first = segmenter.segment(request, OutputPlan.create(tmp_path / "a.nii.gz", request=request))
+    module = segmenter.network_for(segmenter.device)
+    assert module is not segmenter.model.network  # the fast copy
+    second = segmenter.segment(request, None)
+    assert segmenter.network_for(segmenter.device) is module  # built once, kept
+    assert first.request is request and second.outputs == {}
+    np.testing.assert_array_equal(first.labelmap.array, second.labelmap.array)
+    x = torch.rand(1, 1, *segmenter.manifest.network_config.patch_size)
+    kwargs = dict(patch_size=segmenter.manifest.network_config.patch_size, mirror_axes=(), device="cpu")
+    fast = predict_probabilities(module, x, optimize=False, **kwargs)
+    faithful = predict_probabilities(segmenter.model.network, x, optimize=False, **kwargs)
+    torch.testing.assert_close(fast, faithful, rtol=1e-4, atol=1e-5)
+    with pytest.raises(TypeError, match="belong in the request"):
+        segmenter.segment(request, None, fast=False)
+
+
 def test_segmenter_cancel_and_existing_outputs_leave_nothing(segmenter, data_dir, tmp_path):
     from unetrpp.errors import CancelledError, OutputExistsError
     from unetrpp.outputs import OutputPlan

@@ -249,11 +249,12 @@ def check_summary_path(path: Path, cases: Sequence[Case], model_path: Path | str
 
 
 def _volumes(report: Path) -> dict[str, float]:
-    import json
+    """The volumes of a finished case's report (a file on disk: read by the bounded reader)."""
+    from .jsonio import read_json_file
 
     try:
-        return {s["name"]: s["volume_ml"] for s in json.loads(report.read_text())["segments"]}
-    except (OSError, ValueError, KeyError, TypeError):
+        return {s["name"]: s["volume_ml"] for s in read_json_file(report)["segments"]}
+    except (UnetrppError, KeyError, TypeError):
         return {}
 
 
