@@ -131,7 +131,7 @@ def test_one_request_one_call_and_the_optimized_network_built_once(segmenter, da
     assert segmenter.network_for(segmenter.device) is module  # built once, kept
     assert first.request is request and second.outputs == {}
     np.testing.assert_array_equal(first.labelmap.array, second.labelmap.array)
-    x = torch.rand(1, 1, *segmenter.manifest.network_config.patch_size)
+    x = torch.rand(1, *segmenter.manifest.network_config.patch_size)
     kwargs = dict(patch_size=segmenter.manifest.network_config.patch_size, mirror_axes=(), device="cpu")
     fast = predict_probabilities(module, x, optimize=False, **kwargs)
     faithful = predict_probabilities(segmenter.model.network, x, optimize=False, **kwargs)
