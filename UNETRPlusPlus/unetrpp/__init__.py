@@ -1,8 +1,9 @@
 """unetrpp: the UNETR++ segmentation engine (network, model packages, inference). No Qt, no Slicer.
 
 Importing the package loads no torch: the contract layer (`manifest`, `catalogue`, `terminology`,
-`progress`, `errors`) is torch-free, and `load`, `save_package`, `Model` and `Segmenter` import the
-compute modules on first use (see docs/CONTRACTS.md)."""
+`progress`, `errors`, `request`, `jsonio`) is torch-free, and `load`, `save_package`, `Model`,
+`Segmenter` and `OutputPlan` import the compute modules on first use (see docs/CONTRACTS.md). One
+segmentation: `Segmenter(model).segment(SegmentRequest, OutputPlan)`."""
 
 from __future__ import annotations
 
@@ -12,10 +13,12 @@ from .errors import UnetrppError
 from .manifest import read_manifest
 
 __version__ = "0.1.0"
-__all__ = ["load", "read_manifest", "save_package", "Model", "Segmenter", "UnetrppError", "__version__"]
+__all__ = ["load", "read_manifest", "save_package", "Model", "Segmenter", "SegmentRequest", "OutputPlan",
+           "UnetrppError", "__version__"]
 
 # name -> module that defines it (imported on first access: these load torch)
-_LAZY = {"load": "package", "save_package": "package", "Model": "package", "Segmenter": "segmenter"}
+_LAZY = {"load": "package", "save_package": "package", "Model": "package", "Segmenter": "segmenter",
+         "SegmentRequest": "request", "OutputPlan": "outputs"}
 
 
 def __getattr__(name: str):
