@@ -428,7 +428,12 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
         except ImportError:
             log.warning("tensorboard is not installed; logging to metrics.jsonl only")
 
-    def save(next_step: int, path: Path) -> None:
+    # A resumed epoch continues the running sums of the interrupted one (same epoch record).
+    epoch_loss: list[float] = list(partial.get("losses", []))
+    epoch_wait = float(partial.get("wait", 0.0))
+    epoch_time = float(partial.get("time", 0.0))
+
+    def save(next_step: int, path: Path) -> None:  # reads the running epoch sums above (nonlocal state)
         if ddp.enabled:
             for buf in network.buffers():  # batch-norm statistics: rank 0's everywhere
                 dist.broadcast(buf, 0)
@@ -461,10 +466,6 @@ def _train(cfg: TrainConfig, data_dir: Path, run_dir: Path, resume: bool, ddp: D
     network.train()
     t_start = time.perf_counter()
     wait_total = step_total = 0.0
-    # A resumed epoch continues the running sums of the interrupted one (same epoch record).
-    epoch_loss: list[float] = list(partial.get("losses", []))
-    epoch_wait = float(partial.get("wait", 0.0))
-    epoch_time = float(partial.get("time", 0.0))
     if ddp.is_main and checkpoint is not None:
         # Forget epochs logged after the checkpoint by the interrupted process.
         write_text(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in history))
