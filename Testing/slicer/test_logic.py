@@ -287,6 +287,7 @@ def test_failed_sha256_gives_clear_error_and_no_nodes(scene, logic, data_dir, sy
     with pytest.raises(ModelError) as info:
         run.wait(timeout=TIMEOUT)
     assert info.value.category == "model" and "SHA256" in str(info.value) and "install it again" in str(info.value)
+    assert run.proc.last_error["category"] == "model"  # the engine's event carries it (errors.classify)
     assert scene_snapshot(scene) == before and not run.workdir.exists()
 
 
