@@ -549,3 +549,22 @@ def test_serve_refuses_a_network_address_without_tls(tmp_path, tokens, certifica
     assert check_transport("0.0.0.0", None, None, behind_tls_proxy=True) is None  # the proxy's TLS
     assert check_transport("127.0.0.1", None, None, behind_tls_proxy=False) is None  # this machine only
     assert check_transport("0.0.0.0", certificates["cert"], certificates["key"], False) is not None
+
+
+def test_job_requests_are_checked_by_the_one_request_check(alice):
+    """Options and input names go through `unetrpp.request` and `Manifest.resolve_inputs`, as for
+    `unetrpp segment`: the same rules, the server's status codes (422 for valid JSON, bad options)."""
+    for options, text in (({"roi": [[0, 0, 0], [10, 10, -5]]}, "each max must be greater"),
+                          ({"roi": [[0, 0], [1, 1]]}, "six numbers"),
+                          ({"device": "cuda:0"}, "unknown option"), ({"with_confidence": True}, "unknown option"),
+                          ({"fast": "yes"}, "true or false"), ({"backend": "../x"}, "backend"),
+                          ({"series_uid": 7}, "series_uid")):
+        r = submit(alice, options=options)
+        assert r.status_code == 422 and text in r.json()["error"] and r.json()["category"] == "input", (options, r.text)
+    with open(EXAMPLE_CT, "rb") as a, open(EXAMPLE_CT, "rb") as b:  # one input under its name and its alias
+        r = alice.post("/v1/jobs", data={"model": "demo-abdomen-ct"}, files=[("ct", ("a.nii.gz", a)), ("CT", ("b.nii.gz", b))])
+    assert r.status_code == 422 and "twice" in r.json()["error"], r.text
+    r = submit(alice, field="CT")  # a name in another case resolves as on the command line
+    assert r.status_code == 202, r.text
+    assert wait_state(alice, r.json()["id"], ("done", "failed"))["state"] == "done"
+

@@ -296,7 +296,7 @@ def segment_on_server(url: str, token: str, model: str, inputs: Mapping[str, str
     """Run one segmentation on the server; write `output` and its report as a local run would.
     Returns (report, {"segmentation": path, "report": path})."""
     from .atomic import write_text
-    from .image import image_suffix
+    from .formats import image_suffix
     from .outputs import default_report_path
 
     output = Path(output)
@@ -373,6 +373,10 @@ def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, ca
         raise UnetrppError(f"no input given; model {described['name']!r} takes: {', '.join(names)}")
     options = {"fast": bool(args.fast), "overlap": args.overlap, "series_uid": args.series_uid,
                "roi": None if roi is None else [list(roi[0]), list(roi[1])]}
+    if getattr(args, "strict", False):  # sent only when set: a server before these options refuses them
+        options["strict"] = True
+    if getattr(args, "backend", None) not in (None, "auto"):
+        options["backend"] = args.backend
     report, outputs = segment_on_server(args.server, token, described["name"], inputs, args.output,
                                         report=report_path, options=options, sink=sink, cancel=cancel,
                                         overwrite=args.overwrite, ca_file=ca_file)

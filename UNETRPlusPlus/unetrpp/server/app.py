@@ -42,9 +42,10 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import ENVIRONMENT, INPUT, INTERNAL, MODEL, RESOURCE, OutputError, RequestError, UnetrppError
-from ..manifest import load_json, read_manifest_json
-from ..outputs import DICOM_SEG_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIXES
-from .options import JobOptions
+from ..jsonio import load_json
+from ..manifest import Manifest, read_manifest
+from ..formats import OUTPUT_SUFFIXES
+from ..request import SegmentRequest, options_from_json
 from .store import ACTIVE, JobStore
 from .uploads import check_self_contained, extract_dicom_zip, suffix_of
 from .workers import WorkerPool
@@ -52,10 +53,11 @@ from .workers import WorkerPool
 log = logging.getLogger(__name__)
 
 API_PREFIX = "/v1"
-#: Result formats a job may ask for (`output_format`).
-OUTPUT_SUFFIXES = SEGMENTATION_SUFFIXES + LABELMAP_SUFFIXES + DICOM_SEG_SUFFIXES
 #: Bounds on the job options (form field `options`, JSON): a few hundred bytes in practice.
 MAX_OPTIONS_BYTES = 1 << 16
+#: The request options a job may set (`unetrpp.request`; the server chooses the device, and
+#: returns the segmentation and its report only, so no confidence map).
+JOB_OPTIONS = ("fast", "overlap", "roi", "series_uid", "backend", "strict")
 _CHUNK = 1 << 20
 #: The category of an HTTP error when the route does not name one.
 _STATUS_CATEGORY = {401: ENVIRONMENT, 413: RESOURCE, 429: RESOURCE}
@@ -207,16 +209,8 @@ def _save_inputs(given: dict[str, Any], folder: Path, limit: int) -> dict[str, s
     return inputs
 
 
-def _input_names(manifest: dict[str, Any]) -> dict[str, str]:
-    """Lower-cased input names and aliases -> the manifest's input name."""
-    lookup: dict[str, str] = {}
-    for spec in manifest.get("inputs", []):
-        for key in (spec["name"], *spec.get("aliases", [])):
-            lookup.setdefault(key.lower(), spec["name"])
-    return lookup
-
-
-def _describe_model(name: str, manifest: dict[str, Any]) -> dict[str, Any]:
+def _describe_model(name: str, manifest: Manifest) -> dict[str, Any]:
+    manifest = manifest.data
     return {
         "name": name, "version": manifest.get("version"), "title": manifest.get("title"),
         "inputs": [{"name": i["name"], "modality": i.get("modality"), "description": i.get("description", ""),
@@ -229,7 +223,7 @@ def _describe_model(name: str, manifest: dict[str, Any]) -> dict[str, Any]:
 def create_app(config: ServerConfig) -> FastAPI:
     store = JobStore(config.data_dir)
     pool = WorkerPool(store, config.devices, config.workers_per_device, config.threads)
-    manifests = {name: read_manifest_json(path) for name, path in config.models.items()}
+    manifests = {name: read_manifest(path) for name, path in config.models.items()}
     stop = threading.Event()
     retention_hours = config.retention_s / 3600
 
@@ -293,7 +287,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             if form is not None:
                 await form.close()  # the uploads' temporary files
 
-    async def _submit(request: Request, owner: str) -> dict[str, Any]:
+    async def read_form(request: Request, owner: str) -> tuple[Any, str, Any]:
+        """(form, model, parsed options) of a job request, after the per-token limit."""
         if store.active_count(owner) >= config.max_jobs_per_token:
             raise _error(429, f"this token already has {config.max_jobs_per_token} job(s) queued or running "
                               "(the server's per-token limit, serve --max-jobs-per-token); wait for one to finish")
@@ -317,25 +312,32 @@ def create_app(config: ServerConfig) -> FastAPI:
                                max_bytes=MAX_OPTIONS_BYTES)
         except UnetrppError as exc:
             raise _error(400, str(exc)) from None
-        try:
-            options = JobOptions.from_json(parsed)
+        return form, model, parsed
+
+    async def _submit(request: Request, owner: str) -> dict[str, Any]:
+        form, model, parsed = await read_form(request, owner)
+        try:  # the one check of request options (422: JSON, but not valid options)
+            options = options_from_json(parsed, allowed=JOB_OPTIONS)
         except UnetrppError as exc:
             raise _error(422, f"options: {exc}") from None
         output_suffix = str(form.get("output_format") or ".seg.nrrd")
         if output_suffix not in OUTPUT_SUFFIXES:
             raise _error(422, f"output_format {output_suffix!r}: use one of {', '.join(OUTPUT_SUFFIXES)}")
-        lookup = _input_names(manifests[model])
-        expected = [i["name"] for i in manifests[model]["inputs"]]
-        files = {key: value for key, value in form.multi_items() if key not in ("model", "options", "output_format")}
-        for key, value in files.items():
+        manifest = manifests[model]
+        lookup = manifest.input_lookup()  # the one input name/alias table
+        files = [(key, value) for key, value in form.multi_items() if key not in ("model", "options", "output_format")]
+        for key, value in files:
             if isinstance(value, str) or key.lower() not in lookup:
                 raise _error(422, f"unexpected form field {key!r}; model {model!r} takes one file per input: "
-                                  f"{', '.join(expected)}")
-        given = {lookup[k.lower()]: v for k, v in files.items()}
-        missing = [n for n in expected if n not in given]
-        if missing or len(given) != len(files):
-            raise _error(422, f"model {model!r} takes one file per input ({', '.join(expected)}); "
-                              + (f"missing: {', '.join(missing)}" if missing else "an input was given twice"))
+                                  f"{manifest.inputs_help()}")
+        if len({k for k, _ in files}) != len(files):
+            raise _error(422, f"a form field was given twice; model {model!r} takes one file per input: "
+                              f"{manifest.inputs_help()}")
+        try:  # the one resolution of input names: unknown, twice, missing
+            names = manifest.resolve_inputs([k for k, _ in files])
+        except UnetrppError as exc:
+            raise _error(422, str(exc)) from None
+        given = {names[k]: v for k, v in files}
 
         job_id, job_dir = store.new_job_dir()
         try:
@@ -344,6 +346,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             if output_suffix == ".dcm" and not all((job_dir / "inputs" / r).is_dir() for r in inputs.values()):
                 raise OutputError("DICOM SEG output (.dcm) needs a DICOM series input (send it as a zip); "
                                   "choose .seg.nrrd or .nii.gz for image files")
+            # the request, validated once (the worker rebuilds it from these checked values)
+            request = SegmentRequest.build(manifest, {n: job_dir / "inputs" / r for n, r in inputs.items()}, **options)
         except UnetrppError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise _error(413 if exc.category == RESOURCE else 400, str(exc), exc.category) from None
@@ -351,7 +355,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise
         job = store.add({"id": job_id, "owner": owner, "model": model, "model_path": str(config.models[model]),
-                         "inputs": inputs, "options": options.to_json(), "output_suffix": output_suffix})
+                         "inputs": inputs, "options": {k: v for k, v in request.options_json().items() if k in JOB_OPTIONS},
+                         "output_suffix": output_suffix})
         pool.submit(job)
         log.info("job %s queued: model %s, inputs %s", job_id, model, ", ".join(inputs))
         return {"id": job_id, "state": job["state"]}

@@ -24,13 +24,16 @@ import zlib
 from pathlib import Path, PurePosixPath
 
 from ..errors import RequestError, ResourceLimitError
+from ..formats import DETACHED_SUFFIXES as _TABLE_DETACHED
+from ..formats import SINGLE_FILE_INPUT_SUFFIXES
 
-#: Input files the server accepts, by suffix; a DICOM series comes as a zip of its files.
-INPUT_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".zip")
-#: Suffixes of headers that keep their voxels in another file, and what to send instead.
+#: Input files the server accepts, by suffix (the one format table's single-file inputs); a DICOM
+#: series comes as a zip of its files.
+INPUT_SUFFIXES = SINGLE_FILE_INPUT_SUFFIXES + (".zip",)
+#: Suffixes of headers that keep their voxels in another file (the table's, and formats the
+#: engine does not read but a user may try), and what is wrong with them.
 DETACHED_SUFFIXES = {
-    ".nhdr": "a detached NRRD header (.nhdr) names a separate data file",
-    ".mhd": "a MetaImage header (.mhd) names a separate data file (.raw/.zraw)",
+    **{s: f"a detached header ({s}) names a separate data file" for s in _TABLE_DETACHED},
     ".hdr": "an Analyze/NIfTI header (.hdr) keeps its voxels in a separate .img file",
     ".img": "an Analyze/NIfTI .img file holds voxels without their header",
     ".raw": "a .raw file holds voxels without their header",

@@ -68,10 +68,9 @@ def _worker_main(slot: int, device: str, threads: int | None, tasks: Any, events
 def _run_task(task: dict[str, Any], slot: int, device: str, models: dict[str, Any], events: Any) -> None:
     """Run one job; every outcome becomes one event, nothing raises. A failure carries the
     category and message of `errors.classify` (the one mapping of exceptions)."""
-    from ..errors import CANCELLED, INTERNAL, classify
     from ..outputs import OutputPlan
+    from ..request import SegmentRequest, options_from_json
     from ..segmenter import Segmenter
-    from .options import JobOptions
 
     job_id, job_dir = task["id"], Path(task["dir"])
     cancel = _CancelFile(job_dir / "cancel")
@@ -94,24 +93,33 @@ def _run_task(task: dict[str, Any], slot: int, device: str, models: dict[str, An
         if segmenter is None:
             events.put(("progress", job_id, slot, {"stage": "load", "message": f"loading model {task['model']} on {device}"}))
             segmenter = models[task["model"]] = Segmenter(task["model_path"], device)
-        inputs = {name: str(job_dir / "inputs" / rel) for name, rel in task["inputs"].items()}
+        inputs = {name: job_dir / "inputs" / rel for name, rel in task["inputs"].items()}
+        # the request the server validated, rebuilt from its JSON (a request does not cross processes)
+        request = SegmentRequest.build(segmenter.manifest, inputs, **options_from_json(task["options"]))
         plan = OutputPlan.create(job_dir / f"result{task['output_suffix']}", job_dir / "result.report.json",
-                                 overwrite=True)
-        result = segmenter.segment(inputs, plan, sink=sink, cancel=cancel,
-                                   **JobOptions.from_json(task["options"]).run_options())
+                                 overwrite=True, request=request)
+        result = segmenter.segment(request, plan, sink=sink, cancel=cancel)
         events.put(("done", job_id, slot, {"timing_s": result.report.get("timing_s", {})}))
     except Exception as exc:
-        found = classify(exc)
-        message = found.message
-        if found.category == CANCELLED:
-            events.put(("cancelled", job_id, slot, {}))
-            return
-        if isinstance(exc, MemoryError):
-            message = f"the server ran out of memory on {device} for this image"
-        elif found.category == INTERNAL:  # a bug: the log gets the traceback, the client a message
-            log.exception("job %s failed", job_id)
-            message = f"internal error ({type(exc).__name__}) while segmenting; the server log has the details"
-        events.put(("failed", job_id, slot, {"error": message, "category": found.category}))
+        kind, data = _failure(exc, job_id, device)
+        events.put((kind, job_id, slot, data))
+
+
+def _failure(exc: BaseException, job_id: str, device: str) -> tuple[str, dict[str, Any]]:
+    """The event of a job that raised: cancelled, or failed with the category and message of
+    `errors.classify` (a bug's traceback goes to the log, the client gets a message)."""
+    from ..errors import CANCELLED, INTERNAL, classify
+
+    found = classify(exc)
+    if found.category == CANCELLED:
+        return "cancelled", {}
+    message = found.message
+    if isinstance(exc, MemoryError):
+        message = f"the server ran out of memory on {device} for this job's image"
+    elif found.category == INTERNAL:
+        log.error("job %s failed", job_id, exc_info=exc)
+        message = f"internal error ({type(exc).__name__}) while running this job; the server log has the details"
+    return "failed", {"error": message, "category": found.category}
 
 
 # The pool in the server process ------------------------------------------------------------------
