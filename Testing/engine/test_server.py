@@ -26,6 +26,7 @@ from support.server import ENV, EXAMPLE_CT, TOKENS, Server, make_certificates, w
 
 CLI = [sys.executable, "-m", "unetrpp"]
 UPLOAD_LIMIT_MB = 4
+MAX_TRAIN_ITERATIONS = 4
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +37,8 @@ def tokens(tmp_path_factory) -> tuple[Path, Path]:
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, tokens):
     root = tmp_path_factory.mktemp("server")
-    srv = Server(root / "data", tokens[0], "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-jobs-per-token", "2")
+    srv = Server(root / "data", tokens[0], "--max-upload-mb", str(UPLOAD_LIMIT_MB), "--max-jobs-per-token", "2",
+                 "--allow-training", "--max-train-iterations", str(MAX_TRAIN_ITERATIONS))
     yield srv
     srv.stop()
 
@@ -568,3 +570,110 @@ def test_job_requests_are_checked_by_the_one_request_check(alice):
     assert r.status_code == 202, r.text
     assert wait_state(alice, r.json()["id"], ("done", "failed"))["state"] == "done"
 
+
+# Fine-tune jobs (serve --allow-training, issue 20 item 3) ----------------------------------------------
+def _case_set(folder: Path) -> Path:
+    """One case in the nnU-Net raw layout: the example CT with spleen, liver and stomach from its
+    TotalSegmentator labels (1, 5, 6), named as the demo model names them."""
+    ts = sitk.GetArrayFromImage(sitk.ReadImage(str(EXAMPLE_CT.parent / "example_seg_fast.nii.gz"))) \
+        if (EXAMPLE_CT.parent / "example_seg_fast.nii.gz").is_file() else None
+    image = sitk.ReadImage(str(EXAMPLE_CT))
+    if ts is None:  # the repository's example has no labels beside it: a liver-sized box
+        ts = np.zeros(sitk.GetArrayFromImage(image).shape, np.uint8)
+        ts[5:20, 30:70, 40:90] = 5
+    label = np.select([ts == 1, ts == 5, ts == 6], [1, 2, 3], 0).astype(np.uint8)
+    lab = sitk.GetImageFromArray(label)
+    lab.CopyInformation(image)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    sitk.WriteImage(image, str(folder / "imagesTr" / "case1_0000.nii.gz"))
+    sitk.WriteImage(lab, str(folder / "labelsTr" / "case1.nii.gz"))
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "CT"}, "labels": {"background": 0, "spleen": 1, "liver": 2, "stomach": 3},
+        "numTraining": 1, "file_ending": ".nii.gz", "name": "one corrected case"}))
+    return folder
+
+
+def _finetune(client: httpx.Client, members: dict[str, bytes] | bytes, name: str = "demo-ft", options=None,
+              filename: str = "cases.zip", **form):
+    data = members if isinstance(members, bytes) else _zip(members)
+    return client.post("/v1/finetune", data={"model": "demo-abdomen-ct", "name": name,
+                                             "options": json.dumps(options or {"iterations": 2}), **form},
+                       files={"data": (filename, data)})
+
+
+def test_finetune_uploads_are_self_contained_or_refused(alice, server, tmp_path):
+    """A case set names only its own files: zip slip, links, other files, headers naming server files
+    and a dataset.json pointing anywhere else are refused (400) before anything reads them."""
+    cases = _case_set(tmp_path / "set")
+    good = {p.relative_to(cases).as_posix(): p.read_bytes() for p in sorted(cases.rglob("*")) if p.is_file()}
+    meta = json.loads(good["dataset.json"])
+
+    def with_meta(**changes) -> dict[str, bytes]:
+        return {**good, "dataset.json": json.dumps({**meta, **changes}).encode()}
+
+    link = io.BytesIO()
+    with zipfile.ZipFile(link, "w") as zf:
+        for n, d in good.items():
+            zf.writestr(n, d)
+        info = zipfile.ZipInfo("labelsTr/case2.nii.gz")
+        info.external_attr = 0o120777 << 16
+        zf.writestr(info, "/etc/passwd")
+    refusals = [
+        ({**good, "../evil.nii.gz": b"x"}, "outside the case set"),
+        ({**good, "/abs/dataset.json": b"{}"}, "outside the case set"),
+        ({**good, "imagesTr/case2_0000.nrrd": _nrrd_header("data file: /dev/zero")}, "another file"),
+        ({**good, "imagesTr/case2_0000.nhdr": b"NRRD0004"}, "separate data file"),
+        ({**good, "notes/readme.txt": b"hi"}, "not part of an nnU-Net raw case set"),
+        ({k: v for k, v in good.items() if k != "dataset.json"}, "no dataset.json"),
+        (with_meta(training=[{"image": "/etc/passwd", "label": "labelsTr/case1.nii.gz"}]), "not one of the zip's files"),
+        (with_meta(training=[{"image": "./imagesTr/../../../x", "label": "labelsTr/case1.nii.gz"}]), "not one of"),
+        (with_meta(dataset={"c": {"images": ["imagesTr/other.nii.gz"], "label": "labelsTr/case1.nii.gz"}}), "not one of"),
+        (with_meta(file_ending="/../../../../etc/passwd"), "file_ending"),
+        ({**good, "dataset.json": b"[" * 50_000 + b"]" * 50_000}, "levels deep"),
+        (link.getvalue(), "link"),
+        (b"not a zip", "not a readable zip"),
+    ]
+    for members, text in refusals:
+        r = _finetune(alice, members)
+        assert r.status_code == 400, (text, r.status_code, r.text)
+        assert text in r.json()["error"] and r.json()["category"] == "input", (text, r.json())
+    for kwargs, status, text in ((dict(options={"iterations": MAX_TRAIN_ITERATIONS + 1}), 422, "--max-train-iterations"),
+                                 (dict(options={"replay": ["/data"]}), 422, "unknown option"),
+                                 (dict(options={"val": ["../x"]}), 422, "case ids"),
+                                 (dict(name="../Evil"), 422, "name"),
+                                 (dict(name="demo-abdomen-ct"), 409, "on this server"),
+                                 (dict(filename="cases.tar"), 400, ".zip"),
+                                 (dict(extra="1"), 422, "unexpected: extra")):
+        r = _finetune(alice, good, **kwargs)
+        assert r.status_code == status and text in r.json()["error"], (kwargs, r.text)
+    assert all((d / "job.json").is_file() for d in (server.data_dir / "jobs").iterdir())
+
+
+def test_finetune_needs_allow_training(tls_server, certificates, tmp_path):
+    with httpx.Client(base_url=tls_server.url, headers=tls_server.headers(), verify=tls_server.verify()) as c:
+        r = _finetune(c, {"dataset.json": b"{}"})
+    assert r.status_code == 403 and "--allow-training" in r.json()["error"] and r.json()["category"] == "environment"
+
+
+@pytest.mark.slow
+def test_finetune_job_returns_a_new_package_with_its_lineage(server, tmp_path):
+    """The same fine-tune as `unetrpp-train finetune`, as a server job: progress, the new package as
+    a zip (lineage: parent, iterations; metrics before and after), the served models unchanged."""
+    from unetrpp.client import ServerClient
+
+    cases = _case_set(tmp_path / "set")
+    with ServerClient(server.url, TOKENS[0]) as client:
+        job = client.finetune("demo-abdomen-ct", cases, "demo-abdomen-ct-ft", options={"iterations": 2})
+        st = client.wait(job, poll=1.0)
+        assert st["state"] == "done" and st["kind"] == "finetune"
+        out = client.download(job, tmp_path / "demo-abdomen-ct-ft.zip")
+        report = client.report(job)
+        assert [m["name"] for m in client.models()] == ["demo-abdomen-ct"]  # nothing installed on the server
+    with zipfile.ZipFile(out) as zf:
+        manifest = json.loads(zf.read("demo-abdomen-ct-ft/model.json"))
+        assert "demo-abdomen-ct-ft/weights.safetensors" in zf.namelist()
+    lineage = manifest["provenance"]["lineage"]
+    assert manifest["name"] == "demo-abdomen-ct-ft" and lineage["parent"]["name"] == "demo-abdomen-ct"
+    assert lineage["iterations"] == 2 and set(report["metrics"]) == {"before", "after"}
+    assert report["model"] == "demo-abdomen-ct-ft" and "package" not in report and "workdir" not in report

@@ -226,6 +226,28 @@ class ServerClient:
             data = {"model": model, "options": json.dumps(dict(options or {})), "output_format": output_format}
             return _answer_json(self._request("POST", "/jobs", data=data, files=upload), "the server's answer")["id"]
 
+    def finetune(self, model: str, cases: str | os.PathLike[str], name: str, *,
+                 options: Mapping[str, Any] | None = None) -> str:
+        """Queue a fine-tune of `model` on a case set folder in the nnU-Net raw layout (dataset.json,
+        imagesTr/, labelsTr/; sent as a zip of those files) into a new model `name` (a server started
+        with --allow-training); returns the job id. Its result (`download`) is the package as a zip."""
+        folder = Path(cases)
+        if not (folder / "dataset.json").is_file():
+            raise UnetrppError(f"{folder} is not a case set: it has no dataset.json (nnU-Net raw layout)")
+        with tempfile.TemporaryDirectory(prefix="unetrpp-upload-") as tmp:
+            archive = Path(tmp) / f"{folder.name or 'cases'}.zip"
+            with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_STORED) as zf:
+                zf.write(folder / "dataset.json", "dataset.json")
+                for sub in ("imagesTr", "labelsTr"):
+                    for f in sorted((folder / sub).glob("*")) if (folder / sub).is_dir() else []:
+                        if f.is_file() and not f.name.startswith("."):
+                            zf.write(f, f"{sub}/{f.name}")
+            data = {"model": model, "name": name, "options": json.dumps(dict(options or {}))}
+            with open(archive, "rb") as fh:
+                answer = self._request("POST", "/finetune", data=data,
+                                       files={"data": (archive.name, fh, "application/zip")})
+        return _answer_json(answer, "the server's answer")["id"]
+
     def status(self, job_id: str) -> dict[str, Any]:
         return _answer_json(self._request("GET", f"/jobs/{job_id}"), "the job status")
 

@@ -7,7 +7,7 @@ import ipaddress
 import logging
 from pathlib import Path
 
-from ..errors import UnetrppError
+from ..errors import EnvironmentProblem, UnetrppError
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--max-upload-mb", type=float, default=1024, help="largest request body in MiB (default 1024)")
     p.add_argument("--max-jobs-per-token", type=int, default=4,
                    help="queued + running jobs one token may have at once (default 4)")
+    p.add_argument("--allow-training", action="store_true",
+                   help="accept fine-tune jobs (POST /v1/finetune: a case set in the nnU-Net layout -> a new model "
+                        "package, as `unetrpp-train finetune`); needs unetrpp[train] on the server")
+    p.add_argument("--max-train-iterations", type=int, default=2000,
+                   help="with --allow-training: most iterations one fine-tune job may ask for (default 2000)")
     p.add_argument("--retention-hours", type=float, default=24,
                    help="finished jobs and their results are deleted this long after they finish (default 24)")
     p.set_defaults(func=run)
@@ -145,9 +150,15 @@ def run(args: argparse.Namespace) -> int:
     check_transport(args.host, args.certfile, args.keyfile, args.behind_tls_proxy)
     for name, value, low in (("--workers", args.workers, 1), ("--max-jobs-per-token", args.max_jobs_per_token, 1),
                              ("--max-upload-mb", args.max_upload_mb, 1e-3), ("--retention-hours", args.retention_hours, 1e-4),
-                             ("--port", args.port, 1), ("--threads", args.threads or 1, 1)):
+                             ("--port", args.port, 1), ("--threads", args.threads or 1, 1),
+                             ("--max-train-iterations", args.max_train_iterations, 1)):
         if value < low:
             raise UnetrppError(f"{name} must be at least {low}, not {value}")
+    if args.allow_training:
+        import importlib.util
+
+        if importlib.util.find_spec("unetrpp_train") is None:
+            raise EnvironmentProblem("--allow-training needs the training package on the server: pip install 'unetrpp[train]'")
     tokens = read_tokens(args.token_file) if args.token_file else []
     devices = _devices(args.devices)
     data_dir = args.data_dir or home() / "server"
@@ -163,6 +174,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads or default_threads(devices, args.workers),
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_jobs_per_token=args.max_jobs_per_token,
         retention_s=args.retention_hours * 3600,
+        allow_training=args.allow_training, max_train_iterations=args.max_train_iterations,
     )
     if not tokens:
         log.warning("no authentication (--insecure-no-auth): anyone on this machine can use the server")

@@ -9,6 +9,10 @@
     GET    /v1/jobs/{id}/result    the segmentation file (when done)
     GET    /v1/jobs/{id}/report    the report (JSON, when done)
     DELETE /v1/jobs/{id}           cancel a queued or running job
+    POST   /v1/finetune            (serve --allow-training) multipart: `model` (the parent), `name` (the
+                                   new model), `data` (a zip of a case set in the nnU-Net raw layout),
+                                   optional `options` (JSON: iterations, val, unannotated) -> 202
+                                   {"id", "state"}; the job's result is the new package as a zip
 
 Every error is `{"error": message, "category": category}` with a 4xx/5xx status (the category of
 `unetrpp.errors`: input, model, output, environment, resource, internal); a failed job's status has
@@ -41,12 +45,13 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import ENVIRONMENT, INPUT, INTERNAL, MODEL, RESOURCE, OutputError, RequestError, UnetrppError
+from ..errors import ENVIRONMENT, INPUT, INTERNAL, MODEL, OUTPUT, RESOURCE, OutputError, RequestError, UnetrppError
 from ..jsonio import load_json
 from ..manifest import Manifest, read_manifest
 from ..formats import OUTPUT_SUFFIXES
 from ..request import SegmentRequest, options_from_json
 from .store import ACTIVE, JobStore
+from .training import DEFAULT_MAX_ITERATIONS, check_model_name, extract_case_set, finetune_options
 from .uploads import check_self_contained, extract_dicom_zip, suffix_of
 from .workers import WorkerPool
 
@@ -74,6 +79,8 @@ class ServerConfig:
     max_upload_bytes: int = 1 << 30
     max_jobs_per_token: int = 4
     retention_s: float = 24 * 3600.0
+    allow_training: bool = False  # POST /v1/finetune (serve --allow-training)
+    max_train_iterations: int = DEFAULT_MAX_ITERATIONS
 
 
 class ApiError(HTTPException):
@@ -361,11 +368,67 @@ def create_app(config: ServerConfig) -> FastAPI:
         log.info("job %s queued: model %s, inputs %s", job_id, model, ", ".join(inputs))
         return {"id": job_id, "state": job["state"]}
 
+    @app.post(f"{API_PREFIX}/finetune", status_code=202)
+    async def submit_finetune(request: Request, owner: str = Depends(authenticate)) -> dict[str, Any]:
+        if not config.allow_training:
+            raise _error(403, "this server does not fine-tune models; its operator can allow it with "
+                              "`unetrpp serve --allow-training`", ENVIRONMENT)
+        try:
+            return await _submit_finetune(request, owner)
+        finally:
+            form = getattr(request, "_form", None)
+            if form is not None:
+                await form.close()
+
+    async def _submit_finetune(request: Request, owner: str) -> dict[str, Any]:
+        form, model, parsed = await read_form(request, owner)
+        try:
+            options = finetune_options(parsed, config.max_train_iterations)
+            name = check_model_name(form.get("name"))
+        except UnetrppError as exc:
+            raise _error(422, f"{exc}") from None
+        if name in manifests:
+            raise _error(409, f"name {name!r}: a model of that name is on this server; choose a new name", OUTPUT)
+        extra = sorted(k for k in form.keys() if k not in ("model", "name", "options", "data"))
+        upload = form.get("data")
+        if extra or upload is None or isinstance(upload, str):
+            raise _error(422, "the form takes 'model', 'name', 'data' (a zip of the case set: dataset.json, imagesTr/, "
+                              "labelsTr/) and optional 'options'" + (f"; unexpected: {', '.join(extra)}" if extra else ""))
+        if not (upload.filename or "").lower().endswith(".zip"):
+            raise _error(400, f"data ({upload.filename!r}): send the case set folder as a .zip")
+
+        def save(folder: Path) -> None:
+            archive = folder / "cases.zip"
+            with open(archive, "wb") as dst:
+                shutil.copyfileobj(upload.file, dst, _CHUNK)
+            try:
+                extract_case_set(archive, folder / "cases", config.max_upload_bytes)
+            finally:
+                archive.unlink(missing_ok=True)
+
+        job_id, job_dir = store.new_job_dir()
+        try:
+            await run_in_threadpool(save, job_dir / "inputs")
+        except UnetrppError as exc:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise _error(413 if exc.category == RESOURCE else 400, f"data ({upload.filename!r}): {exc}",
+                         exc.category) from None
+        except BaseException:
+            shutil.rmtree(job_dir, ignore_errors=True)
+            raise
+        job = store.add({"id": job_id, "owner": owner, "kind": "finetune", "model": model, "name": name,
+                         "model_path": str(config.models[model]), "inputs": {"cases": "cases"}, "options": options,
+                         "output_suffix": ".zip"})
+        pool.submit(job)
+        log.info("job %s queued: fine-tune %s into %s, %d iteration(s)", job_id, model, name, options["iterations"])
+        return {"id": job_id, "state": job["state"]}
+
     @app.get(f"{API_PREFIX}/jobs/{{job_id}}")
     def job_status(job_id: str, owner: str = Depends(authenticate)) -> dict[str, Any]:
         job = owned_job(job_id, owner)
         out = {k: job.get(k) for k in ("id", "state", "model", "created", "started", "finished", "device", "error",
                                         "category", "output_suffix")}
+        out["kind"] = job.get("kind", "segment")
         progress = pool.progress.get(job_id) if job["state"] == "running" else None
         out.update({"stage": None, "message": None, "done": None, "total": None, "fraction": None, "eta_s": None})
         out.update(progress or {})

@@ -62,7 +62,10 @@ def _worker_main(slot: int, device: str, threads: int | None, tasks: Any, events
             continue
         if task is None:
             return
-        _run_task(task, slot, device, models, events)
+        if task.get("kind") == "finetune":
+            _run_finetune(task, slot, device, events)
+        else:
+            _run_task(task, slot, device, models, events)
 
 
 def _run_task(task: dict[str, Any], slot: int, device: str, models: dict[str, Any], events: Any) -> None:
@@ -122,6 +125,62 @@ def _failure(exc: BaseException, job_id: str, device: str) -> tuple[str, dict[st
     return "failed", {"error": message, "category": found.category}
 
 
+def _run_finetune(task: dict[str, Any], slot: int, device: str, events: Any) -> None:
+    """A fine-tune job (`server.training`): `unetrpp_train.finetune` on the uploaded case set, the
+    result package zipped as the job's result, its summary as the report."""
+    import json
+    import zipfile
+
+    from ..atomic import staged_file, write_text
+
+    job_id, job_dir = task["id"], Path(task["dir"])
+    cancel = _CancelFile(job_dir / "cancel")
+    if cancel.is_set():
+        events.put(("cancelled", job_id, slot, {}))
+        return
+    events.put(("started", job_id, slot, {"device": device}))
+    last = [0.0]
+    try:
+        try:
+            from unetrpp_train.finetune import Events, FinetuneOptions, finetune
+        except ModuleNotFoundError as exc:
+            from ..errors import EnvironmentProblem
+
+            raise EnvironmentProblem(f"this server cannot fine-tune: {exc.name} is not installed "
+                                     "(pip install 'unetrpp[train]' on the server)") from None
+
+        class Relay(Events):  # stage events always, progress at most PROGRESS_RATE_HZ
+            def emit(self, event: dict[str, Any]) -> None:
+                now = time.monotonic()
+                kind = event.get("event")
+                if kind == "stage" or (kind == "progress" and now - last[0] >= 1 / PROGRESS_RATE_HZ):
+                    last[0] = now
+                    events.put(("progress", job_id, slot, {k: event.get(k) for k in
+                                                           ("stage", "message", "done", "total", "fraction", "eta_s")}))
+
+        o = task["options"]
+        work = job_dir / "work"
+        summary = finetune(FinetuneOptions(parent=task["model_path"], data=str(job_dir / "inputs" / "cases"),
+                                           name=task["name"], iterations=o["iterations"], val=o["val"],
+                                           unannotated=o["unannotated"], workdir=str(work), device=device,
+                                           workers=0, install=False),
+                           events=Relay(), cancel=cancel)
+        package = Path(summary["package"])
+        with staged_file(job_dir / "result.zip", overwrite=True) as tmp, zipfile.ZipFile(tmp, "w") as zf:
+            for f in sorted(package.rglob("*")):
+                if f.is_file():
+                    zf.write(f, f"{task['name']}/{f.relative_to(package)}")
+        report = {k: v for k, v in summary.items() if k not in ("package", "workdir")}
+        write_text(job_dir / "result.report.json", json.dumps(report, indent=2) + "\n", overwrite=True)
+        shutil.rmtree(work, ignore_errors=True)  # checkpoints and converted data: the package is in the zip
+        events.put(("done", job_id, slot, {"timing_s": {}}))
+    except BaseException as exc:  # noqa: BLE001 - every outcome becomes one event
+        if isinstance(exc, (SystemExit,)):
+            raise
+        kind, data = _failure(exc, job_id, device)
+        events.put((kind, job_id, slot, data))
+
+
 # The pool in the server process ------------------------------------------------------------------
 class WorkerPool:
     """Worker processes over `devices` (`per_device` each), fed from one task queue."""
@@ -154,7 +213,8 @@ class WorkerPool:
     def submit(self, job: dict[str, Any]) -> None:
         self.tasks.put({"id": job["id"], "dir": str(self.store.job_dir(job["id"])), "model": job["model"],
                         "model_path": job["model_path"], "inputs": job["inputs"],
-                        "output_suffix": job["output_suffix"], "options": job["options"]})
+                        "output_suffix": job["output_suffix"], "options": job["options"],
+                        "kind": job.get("kind", "segment"), "name": job.get("name")})
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
