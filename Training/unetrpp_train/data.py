@@ -162,23 +162,11 @@ def read_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
 
 
 def read_plan(root: str | os.PathLike[str]) -> dict[str, Any]:
-    """DST/plan.json: {"plan": {...manifest plan...}, "inputs": [...manifest inputs...], ...}."""
-    file = Path(root) / "plan.json"
-    if not file.is_file():
-        raise DataError(f"{file} is missing: run `unetrpp-train plan {root}` first")
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeError) as exc:
-        raise DataError(f"{file} is not valid JSON ({exc}); run `unetrpp-train plan {root}` again") from exc
-    if not isinstance(data, dict):
-        raise DataError(f"{file} must hold a JSON object; run `unetrpp-train plan {root}` again")
-    if "plan" not in data and "target_spacing" in data:
-        data = {"plan": {k: v for k, v in data.items() if k != "inputs"}, "inputs": data.get("inputs", [])}
-    if "target_spacing" not in data.get("plan", {}):
-        raise DataError(f"{file} has no plan.target_spacing")
-    if not data.get("inputs"):
-        raise DataError(f"{file} has no 'inputs' (normalisation per channel)")
-    return data
+    """DST/plan.json as the trainer uses it: {"plan": {...manifest plan...}, "inputs": [...], "patch_size", ...},
+    read and checked through the typed `unetrpp_train.planning.TrainingPlan`."""
+    from .planning import TrainingPlan
+
+    return TrainingPlan.read(root).to_dict()
 
 
 def plan_hash(plan: dict[str, Any]) -> str:

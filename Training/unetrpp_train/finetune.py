@@ -425,6 +425,7 @@ class Finetune:
 
         from .evaluation import _ModelRunner
         from .layout import case_paths, load_dataset
+        from .planning import TrainingPlan
 
         data = load_dataset(self.workdir / "data")
         train_root = self.workdir / "train"
@@ -465,9 +466,8 @@ class Finetune:
             "splits": {"train": todo},
         }, indent=2) + "\n")
         arch = self.manifest.data["architecture"]
-        write_text(train_root / "plan.json", json.dumps({
-            "plan": self.manifest.data["plan"], "inputs": state["inputs"], "patch_size": list(arch["patch_size"]),
-        }, indent=2) + "\n")
+        TrainingPlan(plan=self.manifest.data["plan"], inputs=state["inputs"], patch_size=list(arch["patch_size"]),
+                     details={"source": f"the plan of {self.manifest.name} {self.manifest.version}"}).write(train_root)
         return train_root
 
     # -- 3. train --------------------------------------------------------------------------------

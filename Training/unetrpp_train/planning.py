@@ -31,6 +31,7 @@ import json
 import logging
 import os
 from importlib import resources
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,6 +55,68 @@ CT_PERCENTILES = (0.5, 99.5)
 
 class PlanningError(UnetrppError, ValueError):
     """The dataset cannot be planned (no training cases, no foreground, unknown variant)."""
+
+
+@dataclass(frozen=True)
+class TrainingPlan:
+    """DST/plan.json, typed: what planning decided for a dataset. Written only through `write` (by
+    `plan_dataset`, which the demo dataset uses too, and by `unetrpp-train finetune` for the parent's plan);
+    read by the trainer (`unetrpp_train.data.read_plan`), `recipe --data` and export (via run.json)."""
+
+    plan: dict[str, Any]
+    """the manifest's `plan` (target spacing z, y, x; crop to non-zero; ...)"""
+    inputs: list[dict[str, Any]]
+    """the manifest's `inputs`, each with its normalisation"""
+    patch_size: list[int] | None = None
+    """network patch (z, y, x); None: the recipe's"""
+    variant: str | None = None
+    recipe: dict[str, Any] | None = None
+    """own data (variant auto): the configuration `choose_configuration` chose"""
+    details: dict[str, Any] = field(default_factory=dict)
+    """anything else planning records (dataset name, planner rules and statistics)"""
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "plan.json") -> "TrainingPlan":
+        if not isinstance(data, dict):
+            raise PlanningError(f"{where} must hold a JSON object; run `unetrpp-train plan` again")
+        if "plan" not in data and "target_spacing" in data:  # the early flat form
+            data = {"plan": {k: v for k, v in data.items() if k != "inputs"}, "inputs": data.get("inputs", [])}
+        if "target_spacing" not in (data.get("plan") or {}):
+            raise PlanningError(f"{where} has no plan.target_spacing")
+        if not data.get("inputs"):
+            raise PlanningError(f"{where} has no 'inputs' (normalisation per channel)")
+        known = {"plan", "inputs", "patch_size", "variant", "recipe"}
+        return cls(plan=dict(data["plan"]), inputs=[dict(i) for i in data["inputs"]],
+                   patch_size=[int(v) for v in data["patch_size"]] if data.get("patch_size") else None,
+                   variant=data.get("variant"), recipe=data.get("recipe"),
+                   details={k: v for k, v in data.items() if k not in known})
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"plan": self.plan, "inputs": self.inputs}
+        if self.patch_size is not None:
+            out["patch_size"] = list(self.patch_size)
+        if self.variant is not None:
+            out["variant"] = self.variant
+        out.update(self.details)
+        if self.recipe is not None:
+            out["recipe"] = self.recipe
+        return out
+
+    @classmethod
+    def read(cls, root: str | os.PathLike[str]) -> "TrainingPlan":
+        file = Path(root) / PLAN_FILE
+        if not file.is_file():
+            raise PlanningError(f"{file} is missing: run `unetrpp-train plan {root}` first")
+        try:
+            data = json.loads(file.read_text())
+        except (json.JSONDecodeError, UnicodeError) as exc:
+            raise PlanningError(f"{file} is not valid JSON ({exc}); run `unetrpp-train plan {root}` again") from exc
+        return cls.from_dict(data, str(file))
+
+    def write(self, root: str | os.PathLike[str]) -> Path:
+        out = Path(root) / PLAN_FILE
+        write_text(out, json.dumps(self.to_dict(), indent=2) + "\n")
+        return out
 
 
 def variant_name(name: str) -> str:
@@ -252,7 +315,6 @@ def plan_dataset(dst: str | os.PathLike[str], variant: str | None = None, patch_
     if recipe:
         result["recipe"] = recipe
     if write:
-        out = Path(dst) / PLAN_FILE
-        write_text(out, json.dumps(result, indent=2) + "\n")
+        out = TrainingPlan.from_dict(result).write(dst)
         log.info("plan written to %s: spacing %s mm (%s), patch %s", out, spacing, rule, patch)
     return result
