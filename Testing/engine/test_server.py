@@ -677,3 +677,16 @@ def test_finetune_job_returns_a_new_package_with_its_lineage(server, tmp_path):
     assert manifest["name"] == "demo-abdomen-ct-ft" and lineage["parent"]["name"] == "demo-abdomen-ct"
     assert lineage["iterations"] == 2 and set(report["metrics"]) == {"before", "after"}
     assert report["model"] == "demo-abdomen-ct-ft" and "package" not in report and "workdir" not in report
+
+
+@pytest.mark.slow
+def test_finetune_job_cancel(alice, tmp_path):
+    """DELETE stops a running fine-tune at its next training step: the job is cancelled, no result."""
+    cases = _case_set(tmp_path / "set")
+    members = {p.relative_to(cases).as_posix(): p.read_bytes() for p in sorted(cases.rglob("*")) if p.is_file()}
+    job = _finetune(alice, members, name="demo-ft-cancel", options={"iterations": MAX_TRAIN_ITERATIONS}).json()["id"]
+    wait_state(alice, job, ("running",))
+    assert alice.delete(f"/v1/jobs/{job}").json()["cancel_requested"] is True
+    st = wait_state(alice, job, ("cancelled", "done", "failed"), timeout=300)
+    assert st["state"] == "cancelled", st
+    assert alice.get(f"/v1/jobs/{job}/result").status_code == 409
