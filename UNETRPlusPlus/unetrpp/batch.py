@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any
 
 from .errors import CANCELLED, INTERNAL, InputImageError, OutputExistsError, UnetrppError, classify
-from .image import image_suffix
+from .formats import INPUT_SUFFIXES, image_suffix
 from .manifest import Manifest
 from .progress import CancelToken, Event, ProgressSink
 
 log = logging.getLogger(__name__)
 
-#: Image files that make a case (the formats `read_image` reads as one file).
-IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".nhdr", ".mhd")
+#: Image files that make a case (the one format table's inputs).
+IMAGE_SUFFIXES = INPUT_SUFFIXES
 #: Cases in flight at once: one in the network, one being read/preprocessed or written.
 IN_FLIGHT = 2
 

@@ -25,13 +25,9 @@ from .atomic import TEMP_PREFIX
 from .errors import OutputError, OutputExistsError
 from .image import Image, image_suffix, source_files, write_image
 from .manifest import Manifest
-from .segmentation import LABELMAP_SUFFIXES, write_labelmap, write_seg_nrrd
-
-#: Output formats by suffix: a Slicer segmentation, or a plain labelmap (segmentation.py's list).
-SEGMENTATION_SUFFIXES = (".seg.nrrd",)
-#: DICOM Segmentation, for DICOM series inputs (unetrpp.dicom_seg, extra [dicom]).
-DICOM_SEG_SUFFIXES = (".dcm",)
-PROBABILITY_SUFFIXES = LABELMAP_SUFFIXES
+from .formats import (DICOM_SEG_SUFFIXES, LABELMAP_SUFFIXES, OUTPUT_SUFFIXES, PROBABILITY_SUFFIXES,  # noqa: F401
+                      SEGMENTATION_SUFFIXES)
+from .segmentation import write_labelmap, write_seg_nrrd
 
 
 def default_report_path(output: Path) -> Path:
@@ -80,7 +76,7 @@ class OutputPlan:
         its input files to `protected` and lets the DICOM SEG pre-check see the inputs."""
         out = Path(output)
         suffix = image_suffix(out)
-        if suffix not in SEGMENTATION_SUFFIXES + LABELMAP_SUFFIXES + DICOM_SEG_SUFFIXES:
+        if suffix not in OUTPUT_SUFFIXES:
             raise OutputError(
                 f"output {out}: unknown format {suffix or '(no suffix)'!r}; use .seg.nrrd (Slicer segmentation "
                 f"with names, colours and terminology), a labelmap: {', '.join(LABELMAP_SUFFIXES)}, "

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import OutputError
+from ..formats import OUTPUT_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, DICOM series folders, or folders of cases")
     p.add_argument("--model", "-m", required=True, help="model package (folder or .zip) or installed model name")
     p.add_argument("-o", "--output-dir", required=True, type=Path, help="folder for the outputs (created if missing)")
-    p.add_argument("--format", default=".seg.nrrd", choices=(".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".dcm"),
+    p.add_argument("--format", default=".seg.nrrd", choices=OUTPUT_SUFFIXES,
                    help="output format per case (.dcm: DICOM SEG, DICOM series inputs only)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: model's)")
