@@ -61,7 +61,7 @@ def hostile_manifests() -> dict[str, str | bytes]:
         "larger than the size limit": text[:-1] + ', "description": "' + "x" * MAX_MANIFEST_BYTES + '"}',
         "NaN spacing": text.replace('"target_spacing": [', '"target_spacing": [NaN, ', 1),
         "number out of range": text.replace('"overlap": 0.5', '"overlap": 1e999', 1),
-        "integer of 5000 digits": text.replace('"schema_version": 1', '"schema_version": ' + "9" * 5000, 1),
+        "integer of 5000 digits": re.sub(r'"schema_version": \d+', '"schema_version": ' + "9" * 5000, text, count=1),
         "not UTF-8": text.replace('"title": "', '"title": "\xe4', 1).encode("latin-1"),
     }
 
