@@ -61,6 +61,24 @@ class CaseResult:
     category: str = ""  # of a failed case: errors.classify's category
     output: str = ""
     volumes_ml: dict[str, float] = field(default_factory=dict)
+    quality: str = ""  # ok | review | fail (report["quality"]["status"]; fail when --strict refused it)
+    quality_reasons: str = ""  # what is doubtful, for a review worklist
+
+
+def quality_columns(report: Any) -> tuple[str, str]:
+    """(status, reasons) of a report's quality (issue 19): the input checks that are not ok, then
+    each doubtful structure with its reasons, joined by "; "."""
+    try:
+        quality = report["quality"]
+        reasons = [f"{c['name']}: {str(c['message']).split('. ')[0]}" for c in quality["checks"]
+                   if c["status"] != "ok" and c["name"] != "structures"]
+        for seg in report.get("segments", []):
+            q = seg.get("quality") or {}
+            if q.get("status", "ok") != "ok":
+                reasons.append(f"{seg['name']}: {', '.join(map(str, q.get('reasons', []))) or q['status']}")
+        return str(quality["status"]), "; ".join(reasons)
+    except (KeyError, TypeError, AttributeError):
+        return "", ""
 
 
 # Cases -------------------------------------------------------------------------------------------
@@ -213,7 +231,8 @@ class BatchRun:
                 plan.check([self.segmenter.model.path], request=request)
             except OutputExistsError:
                 if not self.overwrite and plan.exists():
-                    return CaseResult(case.name, "skipped", output=str(output), volumes_ml=_volumes(report))
+                    return CaseResult(case.name, "skipped", output=str(output), volumes_ml=_volumes(report),
+                                      **_quality_of_file(report))
                 raise
             if self.cancel is not None and self.cancel.is_set():
                 return CaseResult(case.name, "cancelled")
@@ -230,10 +249,13 @@ class BatchRun:
                 log.error("case %s failed", case.name, exc_info=True)
             else:
                 log.error("case %s failed (%s): %s", case.name, c.category, c.message)
+            refused = {"quality": "fail", "quality_reasons": c.message} if c.category == "quality" else {}
             return CaseResult(case.name, "failed", time.perf_counter() - started, error=c.message,
-                              category=c.category)
+                              category=c.category, **refused)
         volumes = {s["name"]: s["volume_ml"] for s in result.report["segments"]}
-        return CaseResult(case.name, "done", time.perf_counter() - started, output=str(output), volumes_ml=volumes)
+        status, reasons = quality_columns(result.report)
+        return CaseResult(case.name, "done", time.perf_counter() - started, output=str(output), volumes_ml=volumes,
+                          quality=status, quality_reasons=reasons)
 
 
 def check_summary_path(path: Path, cases: Sequence[Case], model_path: Path | str) -> None:
@@ -258,14 +280,26 @@ def _volumes(report: Path) -> dict[str, float]:
         return {}
 
 
+def _quality_of_file(report: Path) -> dict[str, str]:
+    from .jsonio import read_json_file
+
+    try:
+        status, reasons = quality_columns(read_json_file(report))
+    except UnetrppError:
+        return {}
+    return {"quality": status, "quality_reasons": reasons}
+
+
 def write_summary(path: Path, results: Sequence[CaseResult], labels: Sequence[str]) -> None:
-    """case, status, seconds, output, error, category, then one volume column (mL) per label. Atomic."""
+    """case, status, seconds, output, error, category, quality, quality_reasons, then one volume column
+    (mL) per label. Atomic."""
     from .atomic import write_text
 
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(["case", "status", "seconds", "output", "error", "category", *[f"{n} (mL)" for n in labels]])
+    writer.writerow(["case", "status", "seconds", "output", "error", "category", "quality", "quality_reasons",
+                     *[f"{n} (mL)" for n in labels]])
     for r in results:
-        writer.writerow([r.case, r.status, f"{r.seconds:.2f}", r.output, r.error, r.category,
+        writer.writerow([r.case, r.status, f"{r.seconds:.2f}", r.output, r.error, r.category, r.quality, r.quality_reasons,
                          *[f"{r.volumes_ml[n]:.3f}" if n in r.volumes_ml else "" for n in labels]])
     write_text(path, buf.getvalue())

@@ -46,13 +46,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import CancelledError
+from .errors import CancelledError, QualityRefusedError
 from .image import Image, check_geometry, read_image
 from .manifest import Manifest
 from .outputs import OutputPlan, write_outputs
 from .package import Model, load
 from .preprocess import PreprocessState, labels_to_input_grid, preprocess
 from .progress import CancelToken, Event, ProgressSink, null_sink
+from .quality.assess import add_to_report, assess_inputs, assess_result
+from .quality.outputs import RunQuality
 from .request import SegmentRequest, check_roi  # noqa: F401  (check_roi: re-exported for scripts)
 from .segmentation import remove_small_components, segment_statistics
 
@@ -73,6 +75,7 @@ class SegmentationResult:
     warnings: list[str] = field(default_factory=list)
     timing: dict[str, float] = field(default_factory=dict, repr=False)  # raw seconds per stage
     request: SegmentRequest | None = field(default=None, repr=False)  # what was asked
+    quality: RunQuality | None = field(default=None, repr=False)  # the checks (issue 19; report["quality"])
 
 
 def check_cancel(cancel: CancelToken | None) -> None:
@@ -122,6 +125,8 @@ def _timing(timing: dict[str, float]) -> dict[str, float]:
     out = {k: round(timing.get(k, 0.0), 4) for k in STAGE_KEYS}
     if "load_model" in timing:
         out["load_model"] = round(timing["load_model"], 4)
+    if "quality" in timing:  # the checks' own seconds, inside read..postprocess (issue 19)
+        out["quality"] = round(timing["quality"], 4)
     out["total"] = round(timing["total"], 4)
     return out
 
@@ -208,7 +213,8 @@ class Segmenter:
         if plan is not None:  # again: time has passed since the caller built it; now the model is known too
             plan.check([self.model.path], request=request)
         result = self._run(request, sink, cancel, with_confidence=request.with_confidence or (
-            plan is not None and plan.wants_confidence))
+            plan is not None and plan.wants_confidence),
+            keep_image=plan is not None and any(kind == "report_html" for kind, _ in plan.extra))
         if plan is not None:
             self.write(result, plan, cancel=cancel, sink=sink)
         sink(Event("done", outputs=result.outputs, report=result.report))
@@ -222,7 +228,7 @@ class Segmenter:
         return self._run(request, sink, cancel, with_confidence=request.with_confidence)
 
     def _run(self, request: SegmentRequest, sink: ProgressSink, cancel: CancelToken | None, *,
-             with_confidence: bool) -> SegmentationResult:
+             with_confidence: bool, keep_image: bool = False) -> SegmentationResult:
         manifest = self.manifest
         defaults = manifest.inference_defaults  # applied here, and only here
         overlap = defaults.overlap if request.overlap is None else request.overlap
@@ -241,6 +247,16 @@ class Segmenter:
         t = stage("read", f"reading {len(request.inputs)} input(s)")
         images, described = _read_inputs(request)
         timing["read"] = time.perf_counter() - t
+        t = time.perf_counter()
+        checks = assess_inputs(images, manifest)  # issue 19: against the model card, before any work
+        for c in checks:
+            if c.status != "ok":
+                sink(Event("log", level="warning", message=f"quality {c.name} {c.status}: {c.message}"))
+        failed = [c.message for c in checks if c.status == "fail"]
+        if request.strict and failed:
+            raise QualityRefusedError("refused (--strict): " + " ".join(failed))
+        first_image = images[manifest.inputs[0].name] if keep_image else None
+        timing["quality"] = time.perf_counter() - t
 
         t = stage("preprocess", "crop, resample and normalise (model plan)")
         volume, state = preprocess(images, manifest, roi=request.roi)
@@ -265,12 +281,17 @@ class Segmenter:
 
         t = stage("postprocess", "labels back onto the input grid")
         mapped = labels_to_input_grid(probabilities, state, with_confidence=with_confidence)
-        del probabilities
         labelmap, confidence = mapped if with_confidence else (mapped, None)
         removed = remove_small_components(labelmap.array, list(defaults.largest_component_labels))
         labelmap.meta.update(source_of=str(described[manifest.inputs[0].name]["source"]), model=manifest.name)
         segments, regions = statistics(labelmap, manifest)
         timing["postprocess"] = time.perf_counter() - t
+        t = time.perf_counter()
+        result_quality = assess_result(labelmap, probabilities, state, manifest, segments)
+        del probabilities
+        if result_quality is not None:
+            labelmap.meta["segment_quality"] = result_quality.segments  # -> .seg.nrrd segment tags
+        timing["quality"] += time.perf_counter() - t
         timing["write"] = 0.0
         timing["total"] = time.perf_counter() - started
 
@@ -289,8 +310,10 @@ class Segmenter:
         }
         if removed:
             report["largest_component_removed_voxels"] = {str(k): v for k, v in removed.items()}
+        add_to_report(report, checks, result_quality)
         return SegmentationResult(labelmap=labelmap, report=report, confidence=confidence, state=state,
-                                  warnings=list(state.warnings), timing=timing, request=request)
+                                  warnings=list(state.warnings), timing=timing, request=request,
+                                  quality=RunQuality(checks, result_quality, first_image))
 
     def write(self, result: SegmentationResult, plan: OutputPlan, *, cancel: CancelToken | None = None,
               sink: ProgressSink = null_sink) -> dict[str, str]:

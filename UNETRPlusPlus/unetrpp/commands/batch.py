@@ -40,6 +40,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: model's)")
     p.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
+    p.add_argument("--strict", action="store_true", help="refuse cases whose input quality checks fail (they are "
+                   "listed as failed, category quality); without it they are segmented and flagged in the summary")
     p.add_argument("--batch-size", type=int, default=None, help="windows per batch (default: automatic)")
     p.add_argument("--num-parts", type=int, default=1, help="split the cohort into this many parts (default 1)")
     p.add_argument("--part-id", type=int, default=0, help="the part this run does, 0 .. num-parts-1 (default 0)")
@@ -56,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
     from ..request import check_options
     from .segment import _Cancel
 
-    options = {"fast": args.fast, "overlap": args.overlap}
+    options = {"fast": args.fast, "overlap": args.overlap, "strict": args.strict}
     check_options(**options)  # before anything is read; each case's request is built from these
     model_path = resolve_model(args.model)
     cases = find_cases(args.inputs, read_manifest(model_path))  # before loading the network

@@ -18,7 +18,8 @@ examples:
       --input t1gd=t1c.nii.gz --input t2=t2.nii.gz -o tumour.seg.nrrd --fast
   unetrpp segment --model ./pkg dicom_folder/ -o seg.nii.gz --roi -120,-250,-900,150,30,-700
 
-exit codes: 0 ok, 2 user error (message on stderr), 130 cancelled.
+exit codes: 0 ok (quality flags are in the table and report), 2 user error (message on stderr),
+3 refused by --strict (an input quality check failed), 130 cancelled.
 """
 
 
@@ -36,6 +37,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="restrict the work to this physical box (mm, LPS as DICOM/ITK); outside stays background")
     p.add_argument("--probabilities", metavar="PATH", help="also write the confidence map (probability of the chosen label)")
     p.add_argument("--report", metavar="PATH", help="JSON report path (default: <output stem>.report.json)")
+    p.add_argument("--report-html", metavar="PATH", help="also write a one-page HTML report: quality checks, volumes, "
+                   "flags and key images per structure (docs/quality.md)")
+    p.add_argument("--uncertainty", metavar="PATH", help="also write the calibrated uncertainty map (predictive entropy, "
+                   "percent; .nii.gz/.nii/.nrrd/.mha)")
+    p.add_argument("--strict", action="store_true", help="refuse (exit 3) a scan whose input quality checks fail "
+                   "(e.g. an MRI given to a CT model) instead of segmenting it with a flag")
     p.add_argument("--progress", choices=("bar", "json", "none"), default="bar",
                    help="bar: progress bar on the terminal; json: JSON lines on stdout (for the Slicer module)")
     p.add_argument("--series-uid", metavar="UID", help="DICOM SeriesInstanceUID to read from a folder holding several series")
@@ -100,17 +107,37 @@ class _Cancel:
         signal.signal(signal.SIGTERM, handler)
 
 
+def quality_outputs(args: argparse.Namespace) -> dict[str, str]:
+    """--report-html / --uncertainty as extra output kinds of the plan (unetrpp.quality.outputs)."""
+    wanted = {"report_html": getattr(args, "report_html", None), "uncertainty": getattr(args, "uncertainty", None)}
+    wanted = {k: v for k, v in wanted.items() if v}
+    if wanted:
+        from ..quality import outputs  # noqa: F401  (registers the kinds)
+    return wanted
+
+
 def _print_summary(result, out=sys.stdout) -> None:
     rep = result.report
     print(f"model {rep['model']['name']} {rep['model']['version']} on {rep['device']}", file=out)
     for kind, path in result.outputs.items():
         print(f"wrote {kind}: {path}", file=out)
-    rows = [(s["value"], s["name"], s["voxels"], s["volume_ml"]) for s in rep["segments"]]
-    rows += [("", f"{r['name']} (labels {'+'.join(map(str, r['labels']))})", r["voxels"], r["volume_ml"]) for r in rep["regions"]]
+    rows = [(s["value"], s["name"], s["voxels"], s["volume_ml"], s.get("quality") or {}) for s in rep["segments"]]
+    rows += [("", f"{r['name']} (labels {'+'.join(map(str, r['labels']))})", r["voxels"], r["volume_ml"], {})
+             for r in rep["regions"]]
     width = max([len(str(r[1])) for r in rows] + [7])
-    print(f"{'label':>5}  {'segment':<{width}}  {'voxels':>10}  {'volume mL':>10}", file=out)
-    for v, name, n, ml in rows:
-        print(f"{v!s:>5}  {name:<{width}}  {n:>10}  {ml:>10.2f}", file=out)
+    print(f"{'label':>5}  {'segment':<{width}}  {'voxels':>10}  {'volume mL':>11}  quality", file=out)
+    for v, name, n, ml, q in rows:  # a volume cut by the field of view is a lower bound: >=
+        shown = (">= " if q.get("partial") else "") + f"{ml:.2f}"
+        print(f"{v!s:>5}  {name:<{width}}  {n:>10}  {shown:>11}  {q.get('status', '')}", file=out)
+        for reason in q.get("reasons", []):
+            print(f"{'':>5}  {'':<{width}}  {'':>10}  {'':>11}    - {reason}", file=out)
+    quality = rep.get("quality")
+    if quality:
+        print(f"quality: {quality['status']}", file=out)
+        for c in quality["checks"]:
+            if c["status"] != "ok":  # the structures' reasons are in the table above
+                message = ("doubtful: " + ", ".join(c["doubtful"])) if c.get("doubtful") else c["message"]
+                print(f"  {c['status']}: {c['name']}: {message}", file=out)
     t = rep["timing_s"]
     print("time (s): " + ", ".join(f"{k} {t[k]:.2f}" for k in ("read", "preprocess", "predict", "postprocess", "write", "total")), file=out)
     for w in result.warnings:
@@ -157,9 +184,10 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
         model_path = resolve_model(args.model)
         request = SegmentRequest.build(read_manifest(model_path), inputs, roi=args.roi, overlap=args.overlap,
                                        fast=args.fast, series_uid=args.series_uid, device=args.device,
-                                       with_confidence=args.probabilities is not None)
+                                       with_confidence=args.probabilities is not None,
+                                       strict=bool(getattr(args, "strict", False)))
         plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite,  # before loading
-                                 protected=[model_path], request=request)
+                                 protected=[model_path], request=request, extra=quality_outputs(args))
         segmenter = Segmenter(model_path, args.device, batch_size=args.batch_size)
         result = segmenter.segment(request, plan, sink=sink, cancel=cancel)
     except BaseException as exc:
