@@ -35,8 +35,8 @@ from typing import Any, Callable
 from .atomic import remove_path, replace_path, staged_file, staging_dir
 from .errors import CancelledError, IntegrityError, ManifestError, OutputExistsError, PackageError, UnetrppError
 from .hashing import check_sha256, sha256_file
-from .manifest import (MANIFEST_FILE, MAX_MANIFEST_BYTES, WEIGHTS_FILE, check_package_zip, load_json, read_manifest,
-                       read_manifest_json)
+from .jsonio import read_json_file
+from .manifest import MANIFEST_FILE, WEIGHTS_FILE, check_package_zip, read_manifest, read_manifest_json
 from .progress import CancelToken, Event, null_sink
 
 log = logging.getLogger(__name__)
@@ -173,13 +173,9 @@ def load_catalogue(path: str | os.PathLike[str] | None = None) -> list[Catalogue
     if file is None:
         log.warning("no model catalogue found (set UNETRPP_CATALOGUE); only installed models are listed")
         return []
-    try:
-        with open(file, "rb") as fh:
-            data = load_json(fh.read(MAX_MANIFEST_BYTES + 1), f"model catalogue {file}", error=CatalogueError)
-    except FileNotFoundError:
-        raise CatalogueError(f"model catalogue {file} does not exist") from None
-    except OSError as exc:
-        raise CatalogueError(f"model catalogue {file} cannot be read: {exc.strerror or exc}") from None
+    if not file.exists():
+        raise CatalogueError(f"model catalogue {file} does not exist")
+    data = read_json_file(file, f"model catalogue {file}", error=CatalogueError)  # the one bounded reader
     if not isinstance(data, dict) or data.get("schema_version") != CATALOGUE_SCHEMA_VERSION:
         raise CatalogueError(f"model catalogue {file}: expected an object with schema_version {CATALOGUE_SCHEMA_VERSION}")
     entries = [_entry(raw, f"{file} models[{i}]") for i, raw in enumerate(data.get("models", []))]
