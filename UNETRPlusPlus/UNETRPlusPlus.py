@@ -584,5 +584,8 @@ class UNETRPlusPlusTest(ScriptedLoadableModuleTest):
         self.assertEqual(names, [label.name for label in resolve_model(selftest.DEMO_MODEL).labels])
         for organ, minimum in selftest.MIN_DICE.items():
             self.assertGreater(scores[organ], minimum, f"{organ}: Dice {scores[organ]:.3f}")
+        rows = {row.name: row for row in result_rows(result.report)}  # what the results table shows
+        self.assertTrue(set(selftest.MIN_DICE) <= set(rows))
+        logging.info("UNETR++ self-test: quality %s", {k: rows[k].status for k in selftest.MIN_DICE})
         logging.info("UNETR++ self-test: Dice %s", {k: round(v, 3) for k, v in scores.items()})
         self.delayDisplay(_("Test passed"))
