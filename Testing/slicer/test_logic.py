@@ -151,6 +151,25 @@ def test_bundled_demo_model_finds_the_organs_in_the_scene(scene, logic, data_dir
         dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
         assert dice > 0.75, f"{organ}: Dice {dice:.3f}"
 
+    # the results table from the real report (issue 19): the organs of this in-domain CT are OK, the
+    # right kidney, cut by the scan's field of view, is marked as a lower bound beside its status
+    from UNETRPlusPlusLib.results import overall_quality, result_rows
+
+    report = result.report
+    assert report["quality"]["status"] in ("ok", "review", "fail")
+    rows = {r.name: r for r in result_rows(report)}
+    for organ in ("liver", "spleen", "aorta"):
+        assert rows[organ].status == "ok", (organ, rows[organ].reasons)
+        assert rows[organ].status_text == "OK" and rows[organ].colour
+    kidney = rows["right kidney"]
+    assert kidney.partial and kidney.volume_text.startswith("\u2265") and "lower bound" in kidney.tooltip
+    table = result.table_node
+    titles = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+    assert titles[4:] == ["Quality", "Volume is", "Reasons"]
+    row = next(r for r in range(table.GetNumberOfRows()) if table.GetCellText(r, 0) == "right kidney")
+    assert table.GetCellText(row, 5).startswith("lower bound")
+    assert overall_quality(report)[0] == report["quality"]["status"]
+
 
 def test_dicom_series_geometry(scene, logic, data_dir, synapse_pkg):
     series = sorted((data_dir / "ct_dicom" / "example_ct_dicom").iterdir())
@@ -375,3 +394,23 @@ def test_bad_inputs_each_have_a_specific_message(scene, logic, data_dir, synapse
         logic.start("no-such-model", {"ct": ct})
     assert scene_snapshot(scene) == before
     assert isinstance(InputError("x"), ModuleError)
+
+
+@pytest.mark.slow
+def test_out_of_domain_scan_is_flagged_in_the_results_table(scene, logic, data_dir):
+    """A chest CT given to the abdominal demo model (issue 19): the run is not OK, the doubtful
+    structures carry their status and reasons in the rows the module's table shows and in the
+    scene's table node."""
+    from UNETRPlusPlusLib.results import overall_quality, result_rows
+
+    ct = load_volume(scene, data_dir / "ct_lung" / "lung1_image.nrrd", "chest")
+    result = logic.segment("demo-abdomen-ct", {"ct": ct}, fast=True, timeout=300)
+    status, text = overall_quality(result.report)
+    assert status in ("review", "fail") and text.startswith("Quality:")
+    doubtful = [r for r in result_rows(result.report) if r.status in ("review", "fail")]
+    assert doubtful and all(r.reasons and r.reasons[0] in r.tooltip and r.colour for r in doubtful)
+    table = result.table_node
+    by_name = {table.GetCellText(r, 0): r for r in range(table.GetNumberOfRows())}
+    for row in doubtful:
+        assert table.GetCellText(by_name[row.name], 4) == row.status_text
+        assert table.GetCellText(by_name[row.name], 6) == "; ".join(row.reasons)
