@@ -266,3 +266,35 @@ def test_fine_tune_a_real_model_on_a_corrected_case_then_cancel_another(scene, h
         task.wait(timeout=120)
     assert task.proc.returncode == 130  # stopped by itself, not killed
     assert not (home / "models" / "synapse-tiny-ft2").exists()
+
+
+@pytest.mark.slow
+def test_fine_tune_on_a_server_with_allow_training(scene, home, data_dir, tmp_path):
+    """Process on: a server (`unetrpp serve --allow-training`): the same panel action sends the case
+    set as a fine-tune job of the server's model of that name (token in the environment, not the
+    command line); progress comes back, the new package is installed here beside the parent."""
+    from support.server import TOKENS, Server, write_tokens
+
+    from UNETRPlusPlusLib import modelstore, remote
+    from UNETRPlusPlusLib.segment import SegmentationLogic
+
+    SegmentationLogic(scene)
+    parent = resolve_model("demo-abdomen-ct")
+    ct, seg, present = _corrected_case(scene, data_dir, parent)
+    add_training_case(parent, {"ct": ct}, seg, "abdomen", case_name="example")
+    (tmp_path / "srv").mkdir()
+    server = Server(tmp_path / "srv" / "data", write_tokens(tmp_path / "srv")[0], "--allow-training",
+                    "--max-train-iterations", "4")
+    try:
+        settings = remote.ServerSettings("server", server.url, TOKENS[0])
+        tuner = FineTuner(server=settings)
+        assert TOKENS[0] not in " ".join(tuner.command) and tuner.env[remote.TOKEN_ENV] == TOKENS[0]
+        task = tuner.start(parent, "abdomen", "demo-abdomen-ct-ft", iterations=2)
+        assert "--device" not in task.proc.args and task.proc.args[task.proc.args.index("--from") + 1] == "demo-abdomen-ct"
+        result = task.wait(timeout=900)
+    finally:
+        server.stop()
+    assert result.model_name == "demo-abdomen-ct-ft" and result.package == home / "models" / "demo-abdomen-ct-ft"
+    assert set(present.values()) <= {name for name, *_ in result.rows()}
+    assert any(e["event"] == "stage" and "on the server" in (e.get("message") or "") for e in task.events)
+    assert "demo-abdomen-ct-ft" in [m.name for m in modelstore.installed_models()]

@@ -312,13 +312,27 @@ def train_command() -> list[str]:
     return supervised(python_executable(), "-m", "unetrpp_train")
 
 
-class FineTuner:
-    """Starts fine-tunes of an installed model on a case set (the new model is installed by the
-    command; the parent stays)."""
+def remote_finetune_command(url: str) -> list[str]:
+    """The same fine-tune as a job of a `unetrpp serve --allow-training` server (remote_finetune.py)."""
+    return [*supervised(python_executable(), "-m", "UNETRPlusPlusLib.remote_finetune"), "--server", url]
 
-    def __init__(self, command: list[str] | None = None, env: dict[str, str] | None = None) -> None:
-        self.command = list(command) if command else train_command()
-        self.env = env
+
+class FineTuner:
+    """Starts fine-tunes of an installed model on a case set (the new model is installed here by the
+    command; the parent stays). `server` (remote.ServerSettings with Process on: server) sends it to
+    the server as a fine-tune job of the model of the same name there."""
+
+    def __init__(self, command: list[str] | None = None, env: dict[str, str] | None = None,
+                 server: Any = None) -> None:
+        self.remote = server is not None and getattr(server, "remote", False)
+        if self.remote:
+            from .remote import worker_environment  # noqa: PLC0415
+
+            self.command = list(command) if command else remote_finetune_command(server.url)
+            self.env = env or worker_environment(server)
+        else:
+            self.command = list(command) if command else train_command()
+            self.env = env
 
     def start(self, model: ModelInfo, case_set: str | Path, new_name: str, iterations: int = DEFAULT_ITERATIONS,
               device: str = "auto", on_event: EventCallback | None = None,
@@ -337,9 +351,13 @@ class FineTuner:
                 name=model.name), kind="model-name")
         if int(iterations) < 1:
             raise InputError(_("Iterations must be at least 1."), kind="iterations")
-        args = [*self.command, "finetune", "--from", str(model.path), "--data", str(folder), "--name", new_name,
-                "--iterations", str(int(iterations)), "--device", device, "--progress", "json",
-                *(extra_args or [])]
+        if self.remote:  # the server's model of that name; its device
+            args = [*self.command, "--from", model.name, "--data", str(folder), "--name", new_name,
+                    "--iterations", str(int(iterations)), "--progress", "json", *(extra_args or [])]
+        else:
+            args = [*self.command, "finetune", "--from", str(model.path), "--data", str(folder), "--name", new_name,
+                    "--iterations", str(int(iterations)), "--device", device, "--progress", "json",
+                    *(extra_args or [])]
         # Cancel: the command stops after the current step and saves a checkpoint (exit 130)
         proc = WorkerProcess(args, env=self.env or engine_environment(), stop_grace_s=STOP_GRACE_S)
         return FineTuneTask(proc, new_name, on_event)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import training
+from . import remote, training
 from .errors import ModuleError
 from .i18n import _
 
@@ -168,7 +168,11 @@ class TrainingPanel:
             return
         model, case_set = self.host.state.model, self.currentSet()
         try:
-            self.task = training.FineTuner().start(model, case_set.path if case_set else self.caseSet.currentText,
+            server = self.host.serverPanel.settings()  # Process on: this computer / a server
+            problem = remote.settings_problem(server)
+            if problem:
+                raise ModuleError(problem, kind="server-settings")
+            self.task = training.FineTuner(server=server).start(model, case_set.path if case_set else self.caseSet.currentText,
                                                    self.newName.text.strip(), int(self.iterations.value),
                                                    device=self.host.state.device,
                                                    on_event=self.host.state.apply_event)
