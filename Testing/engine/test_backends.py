@@ -190,3 +190,34 @@ print("ok", tuple(p.shape))
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "ok (14, 16, 40, 32)" in proc.stdout and "not installed" in proc.stdout
+
+
+# The one path: request.backend -> Segmenter -> report ----------------------------------------------
+def test_segmenter_runs_the_requested_backend_and_reports_it(small_package, data_dir):
+    from unetrpp import load
+    from unetrpp.pipeline import SegmentOptions, segment
+
+    model = load(small_package)
+    ct = data_dir / "ct" / "example_ct_sm.nii.gz"
+    runs = {}
+    for backend in ["torch", "auto", *(["openvino"] if is_installed("openvino") else [])]:
+        result = segment(model, ct, SegmentOptions(device="cpu", fast=True, backend=backend,
+                                                   roi=((-60, -60, -1000), (60, 60, 1000))))
+        runs[backend] = result
+        info = result.report["backend"]
+        assert info["device"] == "cpu" and info["reason"] and info["stitch_dtype"] == "float32"
+        assert info["name"] == (backend if backend != "auto" else info["name"])
+    assert runs["torch"].report["backend"]["reason"] == "requested"
+    if "openvino" in runs:
+        a, b = runs["torch"].labelmap.array, runs["openvino"].labelmap.array
+        assert float((a == b).mean()) >= 0.999
+
+
+def test_cli_accepts_backend():
+    from unetrpp.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args(["segment", "--model", "m", "x.nii.gz", "-o", "y.nii.gz", "--backend", "torch"]).backend == "torch"
+    assert parser.parse_args(["batch", "--model", "m", "in", "-o", "out"]).backend == "auto"
+    with pytest.raises(SystemExit):
+        parser.parse_args(["segment", "--model", "m", "x.nii.gz", "-o", "y.nii.gz", "--backend", "tensorrt"])

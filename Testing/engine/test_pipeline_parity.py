@@ -88,7 +88,8 @@ def test_segment_agrees_with_official(pipeline_dir, official_packages, tmp_path,
     out, conf = tmp_path / "labels.nii.gz", tmp_path / "confidence.nii.gz"
     torch.set_num_threads(2)
     result = segment(model, case_inputs(case_dir, variant), SegmentOptions(
-        output=out, probabilities=conf, device="cpu", amp=False, overlap=settings["overlap"], fast=not mirror))
+        output=out, probabilities=conf, device="cpu", amp=False, overlap=settings["overlap"], fast=not mirror,
+        backend="torch"))  # the parity of the default PyTorch path; other backends: benchmarks/precision.py
     assert result.report["options"]["mirror_axes"] == list(settings["mirror_axes"])
 
     official_labels = sitk.ReadImage(str(case_dir / "official_labels.nii.gz"))

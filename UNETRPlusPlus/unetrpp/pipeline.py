@@ -38,6 +38,7 @@ class SegmentOptions:
     roi: Sequence[Sequence[float]] | None = None  # ((xmin, ymin, zmin), (xmax, ymax, zmax)) LPS mm
     batch_size: int | None = None
     amp: bool = True
+    backend: str = "auto"  # torch, openvino, onnxruntime or auto (unetrpp.backends)
     overwrite: bool = False
     series_uid: str | None = None  # for DICOM folders holding several series
     sink: ProgressSink = null_sink
@@ -72,7 +73,7 @@ def segment(
         model = resolve_model(model)  # type: ignore[arg-type]
         manifest = read_manifest(model)  # cheap, no torch: the request is checked before loading
     request = SegmentRequest.build(manifest, inputs, roi=options.roi, overlap=options.overlap, fast=options.fast,
-                                   series_uid=options.series_uid, device=options.device,
+                                   series_uid=options.series_uid, device=options.device, backend=options.backend,
                                    with_confidence=options.probabilities is not None)
     plan = output_plan(options, request)  # refuse bad or existing outputs before loading anything
     segmenter = model if isinstance(model, Segmenter) else Segmenter(

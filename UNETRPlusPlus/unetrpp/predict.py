@@ -400,11 +400,13 @@ def _plan_cuda(network: nn.Module, device: torch.device, patch: tuple[int, ...],
                                                 amp), buffer_bytes(cfg.out_channels, size, element), windows=windows)
 
 
-def _backend_choice(network: nn.Module, backend: str | None, precision: str | None, device: torch.device,
-                    optimize: bool) -> "BackendChoice":
-    from .backends import choose_backend
+def _backend_choice(network: nn.Module, backend: "str | BackendChoice | None", precision: str | None,
+                    device: torch.device, optimize: bool) -> "BackendChoice":
+    from .backends import BackendChoice, choose_backend
     from .network import UNETRPP
 
+    if isinstance(backend, BackendChoice):  # chosen by the caller (the Segmenter)
+        return backend
     requested = (backend or "auto").strip().lower()
     if requested in ("auto", "torch") and (not isinstance(network, UNETRPP) or not optimize
                                            or _network_dtype(network) != torch.float32):
@@ -412,6 +414,38 @@ def _backend_choice(network: nn.Module, backend: str | None, precision: str | No
                   "not a float32 UNETR++ network, or the faithful network was asked for (optimize=False)")
         return choose_backend("torch", device) if requested == "torch" else _torch_choice(device, reason)
     return choose_backend(requested, device, precision)
+
+
+def _worth_exporting(choice: "BackendChoice", network: nn.Module, weights_sha256: str | None, evaluations: int,
+                     patch: Sequence[int]) -> "BackendChoice":
+    """`auto`'s ONNX backend, or PyTorch for a short job whose package has no export yet
+    (`unetrpp.backends.AUTO_MIN_WORK`)."""
+    from .backends import AUTO_MIN_WORK, is_prepared
+    from .network import UNETRPP
+
+    if choice.name == "torch" or choice.reason == "requested" or not isinstance(network, UNETRPP):
+        return choice
+    work = evaluations * math.prod(int(p) for p in patch)
+    if work >= AUTO_MIN_WORK or is_prepared(network, choice, weights_sha256):
+        return choice
+    return _torch_choice(torch.device(choice.device), (
+        f"a short job ({evaluations} window evaluation(s)) does not pay for the one-time {choice.name} export of "
+        f"this model; it is used once exported (unetrpp export-onnx, or a longer job)"))
+
+
+def plan_backend(network: nn.Module, backend: str | None, device: str | torch.device, volume_shape: Sequence[int],
+                 patch_size: Sequence[int], overlap: float, mirror_axes: Sequence[int],
+                 weights_sha256: str | None = None, precision: str | None = "auto") -> "BackendChoice":
+    """What `predict_probabilities(network, volume, backend=backend, ...)` would run on, decided up
+    front (for a caller that keeps its own optimized PyTorch module: pass the result as `backend`,
+    and the faithful `network` unless it is "torch")."""
+    from .backends import choose_backend
+
+    dev = select_device(device)
+    choice = choose_backend(backend, dev, precision)
+    padded, _ = padding_for(tuple(volume_shape)[-3:], patch_size)
+    windows = math.prod(len(s) for s in window_starts(padded, patch_size, overlap))
+    return _worth_exporting(choice, network, weights_sha256, windows * len(mirror_flips(mirror_axes)), patch_size)
 
 
 # Sliding window ---------------------------------------------------------------------------------
@@ -442,7 +476,7 @@ def predict_probabilities(
     sink: ProgressSink = null_sink,
     cancel: CancelToken | None = None,
     optimize: bool = True,
-    backend: str = "torch",
+    backend: "str | BackendChoice" = "torch",
     precision: str = "auto",
     weights_sha256: str | None = None,
     report: dict | None = None,
@@ -490,10 +524,14 @@ def predict_probabilities(
     )
 
     choice = _backend_choice(network, backend, precision, dev, optimize)
+    if isinstance(backend, str) or backend is None:
+        choice = _worth_exporting(choice, network, weights_sha256, len(starts) * len(flips), patch)
     log.info("backend %s (%s, %s): %s", choice.name, choice.device, choice.precision, choice.reason)
     home = _network_device(network)
+    requested = ("auto" if choice.reason != "requested" else choice.name) if not isinstance(backend, str) \
+        else (backend or "auto").lower()
     runner = _Runner(network, dev, amp, flips, gaussian, batch_size, optimize, sink, backend=choice,
-                     weights_sha256=weights_sha256, backend_requested=(backend or "auto").lower())
+                     weights_sha256=weights_sha256, backend_requested=requested)
     buffer_device = torch.device("cpu")
     if gpu_plan is not None and gpu_plan.buffer_device == "cuda" and runner.device.type == "cuda":
         buffer_device = runner.device
@@ -544,6 +582,8 @@ def predict_probabilities(
         if _network_device(network) != home:
             network.to(home)
     assert accumulator is not None
+    if report is not None:
+        report["backend"] = runner.backend.as_dict()  # again: a fallback may have changed it
     if not normalised:
         accumulator /= weights
     if accumulator.device.type != "cpu":
@@ -561,6 +601,7 @@ __all__ = [
     "padding_for",
     "predict_probabilities",
     "select_device",
+    "plan_backend",
     "STITCH_FLOAT32_LIMIT",
     "window_starts",
 ]

@@ -267,15 +267,21 @@ class Segmenter:
 
         import torch
 
-        from .predict import predict_probabilities
+        from .predict import plan_backend, predict_probabilities
 
-        t = stage("predict", f"sliding window on {device} over {'x'.join(map(str, volume.shape[1:]))} voxels")
+        patch = tuple(manifest.network_config.patch_size)
+        backend = plan_backend(self.model.network, request.backend, device, volume.shape, patch, overlap, mirror_axes,
+                               manifest.weights_sha256)
+        t = stage("predict", f"sliding window on {device} ({backend.name}) over {'x'.join(map(str, volume.shape[1:]))} "
+                             "voxels")
         tensor = torch.from_numpy(volume)
         del volume
+        predicted: dict[str, Any] = {}
         probabilities = predict_probabilities(
-            self.network_for(device), tensor, patch_size=tuple(manifest.network_config.patch_size),
+            self.network_for(device) if backend.name == "torch" else self.model.network, tensor, patch_size=patch,
             overlap=overlap, mirror_axes=mirror_axes, sigma_scale=defaults.gaussian_sigma_scale,
-            batch_size=self.batch_size, device=device, amp=self.amp, sink=sink, cancel=cancel, optimize=False)
+            batch_size=self.batch_size, device=device, amp=self.amp, sink=sink, cancel=cancel, optimize=False,
+            backend=backend, weights_sha256=manifest.weights_sha256, report=predicted)
         del tensor
         timing["predict"] = time.perf_counter() - t
 
@@ -299,6 +305,7 @@ class Segmenter:
             "model": {"name": manifest.name, "version": manifest.version, "weights_sha256": manifest.weights_sha256,
                       "title": manifest.title, "path": str(self.model.path)},
             "device": str(device),
+            "backend": {**predicted.get("backend", {}), "stitch_dtype": predicted.get("stitch_dtype")},
             "inputs": described,
             "options": {"overlap": overlap, "mirror_axes": list(mirror_axes), "roi": _roi_json(request.roi),
                         "largest_component_labels": list(defaults.largest_component_labels)},

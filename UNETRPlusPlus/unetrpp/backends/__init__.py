@@ -127,6 +127,13 @@ def choose_backend(backend: str | None = "auto", device: Any = "cpu", precision:
     return BackendChoice(name=name, device=dev, precision=prec, reason=reason)
 
 
+#: `auto` on a CPU runs a short job on PyTorch while the package has no ONNX export yet: exporting
+#: and compiling costs ~15-40 s for a full-size network on 2 cores, which a job needs this many
+#: voxel evaluations of the network (16 full-size synapse windows) to win back. Once exported (by a
+#: longer job, or `unetrpp export-onnx`'s cache) every job uses OpenVINO.
+AUTO_MIN_WORK = 16 * 64 * 128 * 128
+
+
 # Compiled networks, per process ------------------------------------------------------------
 _CACHE: "OrderedDict[tuple, Callable]" = OrderedDict()
 _CACHE_LOCK = threading.Lock()
@@ -176,6 +183,19 @@ def prepare(network: Any, choice: BackendChoice, *, weights_sha256: str | None =
     return runner
 
 
+def is_prepared(network: Any, choice: BackendChoice, weights_sha256: str | None = None) -> bool:
+    """Whether `prepare` would find the export ready (in this process, or on disk): no export to pay."""
+    if choice.name == "torch":
+        return True
+    from .onnx_export import cached_onnx_path, export_key
+
+    key = export_key(network, weights_sha256)
+    with _CACHE_LOCK:
+        if any(k[0] == choice.name and k[3] == key for k in _CACHE):
+            return True
+    return cached_onnx_path(network, key).is_file()
+
+
 def clear_cache() -> None:
     """Forget the compiled networks of this process (the on-disk caches stay)."""
     with _CACHE_LOCK:
@@ -183,4 +203,4 @@ def clear_cache() -> None:
 
 
 __all__ = ["BACKEND_CHOICES", "PRECISION_CHOICES", "BackendChoice", "BackendError", "choose_backend",
-           "installed_backends", "is_installed", "prepare", "clear_cache"]
+           "installed_backends", "is_installed", "is_prepared", "prepare", "clear_cache", "AUTO_MIN_WORK"]

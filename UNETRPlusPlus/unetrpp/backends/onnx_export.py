@@ -117,10 +117,13 @@ def cache_dir() -> Path:
     return home() / "cache"
 
 
+def cached_onnx_path(network: nn.Module, key: str) -> Path:
+    return cache_dir() / "onnx" / f"{network.config.variant}-{key}.onnx"
+
+
 def cached_onnx(network: nn.Module, weights_sha256: str | None = None) -> Path:
     """The ONNX export of `network` from the cache, exported (once) when missing."""
-    key = export_key(network, weights_sha256)
-    path = cache_dir() / "onnx" / f"{network.config.variant}-{key}.onnx"
+    path = cached_onnx_path(network, export_key(network, weights_sha256))
     if path.is_file():
         log.info("ONNX export from the cache: %s", path)
         return path

@@ -38,6 +38,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--format", default=".seg.nrrd", choices=OUTPUT_SUFFIXES,
                    help="output format per case (.dcm: DICOM SEG, DICOM series inputs only)")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
+    from .segment import add_backend_argument
+
+    add_backend_argument(p)
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: model's)")
     p.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation")
     p.add_argument("--strict", action="store_true", help="refuse cases whose input quality checks fail (they are "
@@ -58,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from ..request import check_options
     from .segment import _Cancel
 
-    options = {"fast": args.fast, "overlap": args.overlap, "strict": args.strict}
+    options = {"fast": args.fast, "overlap": args.overlap, "strict": args.strict, "backend": args.backend}
     check_options(**options)  # before anything is read; each case's request is built from these
     model_path = resolve_model(args.model)
     cases = find_cases(args.inputs, read_manifest(model_path))  # before loading the network

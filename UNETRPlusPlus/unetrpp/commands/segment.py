@@ -23,6 +23,12 @@ exit codes: 0 ok (quality flags are in the table and report), 2 user error (mess
 """
 
 
+def add_backend_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "onnxruntime"),
+                   help="what runs the network: auto (OpenVINO on a CPU when installed, else PyTorch; PyTorch on "
+                        "GPUs), torch, openvino (pip install 'unetrpp[cpu]') or onnxruntime; the report says which")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", nargs="?", help="input image file or DICOM series folder (one-input models)")
     p.add_argument("--model", "-m", required=True, help="model package (folder or .zip) or installed model name")
@@ -32,6 +38,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="output: .seg.nrrd (segments with names/colours/terminology) or .nii.gz/.nii/.nrrd/.mha labelmap")
     p.add_argument("--device", default="auto", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps")
     p.add_argument("--overlap", type=float, default=None, help="sliding-window overlap in [0, 1) (default: model's, 0.5)")
+    add_backend_argument(p)
     p.add_argument("--fast", action="store_true", help="no mirroring test-time augmentation (about 8x faster)")
     p.add_argument("--roi", metavar="XMIN,YMIN,ZMIN,XMAX,YMAX,ZMAX",
                    help="restrict the work to this physical box (mm, LPS as DICOM/ITK); outside stays background")
@@ -184,7 +191,7 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
         model_path = resolve_model(args.model)
         request = SegmentRequest.build(read_manifest(model_path), inputs, roi=args.roi, overlap=args.overlap,
                                        fast=args.fast, series_uid=args.series_uid, device=args.device,
-                                       with_confidence=args.probabilities is not None,
+                                       backend=args.backend, with_confidence=args.probabilities is not None,
                                        strict=bool(getattr(args, "strict", False)))
         plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite,  # before loading
                                  protected=[model_path], request=request, extra=quality_outputs(args))
