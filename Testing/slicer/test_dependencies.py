@@ -110,3 +110,11 @@ def test_processing_on_a_server_also_needs_httpx():
     assert dependencies.missing_packages(without_httpx, remote=True) == ["httpx"]
     plan = dependencies.plan_install(["httpx"], have_pytorchutils=True)
     assert plan.pip_requirements == ["httpx>=0.27,<1"]
+
+
+def test_fine_tuning_also_needs_monai():
+    """Only the module's Fine-tune asks for MONAI (the trainer's transforms and losses)."""
+    without_monai = lambda name: None if name == "monai" else object()  # noqa: E731
+    assert dependencies.missing_packages(without_monai) == []
+    assert dependencies.missing_packages(without_monai, training=True) == ["monai"]
+    assert dependencies.plan_install(["monai"], have_pytorchutils=True).pip_requirements == ["monai>=1.3,<1.7"]

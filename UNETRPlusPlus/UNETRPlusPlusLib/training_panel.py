@@ -172,6 +172,8 @@ class TrainingPanel:
             problem = remote.settings_problem(server)
             if problem:
                 raise ModuleError(problem, kind="server-settings")
+            if not server.remote and not self.ensureTrainingPackages():
+                return
             self.task = training.FineTuner(server=server).start(model, case_set.path if case_set else self.caseSet.currentText,
                                                    self.newName.text.strip(), int(self.iterations.value),
                                                    device=self.host.state.device,
@@ -183,6 +185,22 @@ class TrainingPanel:
         self.status.text = _("Fine-tuning '{model}' on '{set}'...").format(model=model.name, set=case_set.name)
         self.host.startTask(self.task, self.onFinetuneDone)
         self.update()
+
+    def ensureTrainingPackages(self) -> bool:
+        """Fine-tuning here needs MONAI (dependencies.TRAINING_REQUIREMENTS): offer to install it."""
+        from . import dependencies
+
+        missing = dependencies.missing_packages(training=True)
+        if not missing:
+            return True
+        plan = dependencies.plan_install(missing, dependencies.pytorchutils_available())
+        if not self._slicer.util.confirmOkCancelDisplay(
+                _("Fine-tuning needs these Python packages, which will be installed now (this can take several "
+                  "minutes and needs internet access):\n{plan}").format(plan=plan.describe()), windowTitle=_("UNETR++")):
+            return False
+        with self._slicer.util.tryWithErrorDisplay(_("Installing the Python packages failed."), waitCursor=True):
+            dependencies.install(missing, confirmed=True)
+        return not dependencies.missing_packages(training=True)
 
     def onFinetuneDone(self, result: training.FineTuneResult) -> None:
         rows = result.rows()
