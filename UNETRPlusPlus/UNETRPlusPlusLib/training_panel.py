@@ -56,6 +56,7 @@ class TrainingPanel:
 
         self._qt, self._slicer, self.host = qt, slicer, host
         self.task = None
+        self.sets: list[training.CaseSet] = []  # read by refreshSets, not on every GUI update
         box = ctk.ctkCollapsibleButton()
         box.text = _("Improve the model with corrected cases")
         box.collapsed = True
@@ -110,7 +111,7 @@ class TrainingPanel:
     def refreshSets(self) -> None:
         current = self.caseSet.currentText
         self.caseSet.clear()
-        sets = self._sets()
+        self.sets = sets = self._sets()
         for s in sets:
             self.caseSet.addItem(s.name)
         model = self.host.state.model
@@ -124,7 +125,7 @@ class TrainingPanel:
 
     def currentSet(self) -> training.CaseSet | None:
         name = self.caseSet.currentText.strip()
-        return next((s for s in self._sets() if s.name == name), None)
+        return next((s for s in self.sets if s.name == name), None)
 
     def update(self) -> None:
         model = self.host.state.model
