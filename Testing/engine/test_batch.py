@@ -54,7 +54,8 @@ def test_killed_batch_resumes_with_the_same_outputs(tmp_path):
     rows = summary(reference / "summary.csv")
     assert {c: r["status"] for c, r in rows.items()} == {
         "case_a": "done", "case_b": "done", "case_c": "done", "case_d": "done", "case_e": "failed"}
-    assert "not an image" in rows["case_e"]["error"]
+    assert "not an image" in rows["case_e"]["error"] and rows["case_e"]["category"] == "input"  # errors.classify
+    assert {r["category"] for c, r in rows.items() if c != "case_e"} == {""}
     assert float(rows["case_a"]["liver (mL)"]) > 100
 
     proc = batch(cohort, resumed, start_new_session=True)

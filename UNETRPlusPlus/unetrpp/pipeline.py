@@ -41,6 +41,7 @@ class SegmentOptions:
     backend: str = "auto"  # torch, openvino, onnxruntime or auto (unetrpp.backends)
     overwrite: bool = False
     series_uid: str | None = None  # for DICOM folders holding several series
+    strict: bool = False  # refuse a run whose input checks fail (quality)
     sink: ProgressSink = null_sink
     cancel: CancelToken | None = None
 
@@ -74,7 +75,7 @@ def segment(
         manifest = read_manifest(model)  # cheap, no torch: the request is checked before loading
     request = SegmentRequest.build(manifest, inputs, roi=options.roi, overlap=options.overlap, fast=options.fast,
                                    series_uid=options.series_uid, device=options.device, backend=options.backend,
-                                   with_confidence=options.probabilities is not None)
+                                   strict=options.strict, with_confidence=options.probabilities is not None)
     plan = output_plan(options, request)  # refuse bad or existing outputs before loading anything
     segmenter = model if isinstance(model, Segmenter) else Segmenter(
         model, options.device, batch_size=options.batch_size, amp=options.amp)  # type: ignore[arg-type]
