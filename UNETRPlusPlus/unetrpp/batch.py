@@ -248,7 +248,7 @@ class BatchRun:
             if c.category == INTERNAL:
                 log.error("case %s failed", case.name, exc_info=True)
             else:
-                log.error("case %s failed (%s): %s", case.name, c.category, c.message)
+                log.info("case %s failed (%s): %s", case.name, c.category, c.message)  # reported by the summary and on_case
             refused = {"quality": "fail", "quality_reasons": c.message} if c.category == "quality" else {}
             return CaseResult(case.name, "failed", time.perf_counter() - started, error=c.message,
                               category=c.category, **refused)
