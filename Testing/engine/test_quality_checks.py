@@ -179,3 +179,49 @@ def test_fragmented_and_too_large_structures_need_review(demo):
     _, r = _result(demo, labels, 0.9999, {6: 50_000.0})
     reasons = " ".join(r.segments[6]["reasons"])
     assert r.segments[6]["status"] == "review" and "fragmented" in reasons and "larger than" in reasons
+
+
+def test_large_grids_sample_the_entropy_but_measure_like_the_full_grid(monkeypatch):
+    from unetrpp.quality import structures
+    from unetrpp.quality.structures import entropy_step, per_structure_measures
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((24, 30, 36), np.uint8)
+    labels[4:20, 5:25, 6:30] = 2
+    labels[10:12, 10:12, 10:12] = 3  # smaller than the sampling
+    p = rng.uniform(0.0, 1.0, (4, *labels.shape)).astype(np.float32)
+    for v in range(4):
+        p[v][labels == v] += 3.0
+    p /= p.sum(0)
+    full_labels, full = uncertainty(p)
+    sub_labels, sub = uncertainty(p, step=2)
+    assert sub.shape == (12, 15, 18) and np.array_equal(full_labels, sub_labels)
+    assert np.allclose(sub, full[::2, ::2, ::2], atol=1e-6)
+    a = per_structure_measures(full_labels, full, [2, 3])
+    b = per_structure_measures(sub_labels, sub, [2, 3], step=2)
+    assert b[2]["inside"] == pytest.approx(a[2]["inside"], abs=0.02) and b[2]["fragments"] == a[2]["fragments"]
+    assert b[3]["inside"] == pytest.approx(a[3]["inside"], abs=0.1)
+    monkeypatch.setattr(structures, "ENTROPY_FULL_VOXELS", 1000)
+    assert entropy_step((24, 30, 36)) == 3 and entropy_step((5, 5, 5)) == 1
+
+
+def test_the_uncertainty_map_covers_the_input_grid_also_when_sampled(monkeypatch, demo, ct):
+    from unetrpp.preprocess import labels_to_input_grid, preprocess
+    from unetrpp.quality import structures
+    from unetrpp.quality.assess import uncertainty_map
+    from unetrpp.segmenter import statistics
+
+    _, state = preprocess({"ct": ct}, demo)
+    rng = np.random.default_rng(0)
+    p = rng.dirichlet(np.ones(14), size=state.network_shape).astype(np.float32).transpose(3, 0, 1, 2)
+    lab = labels_to_input_grid(p, state)
+    segments, _ = statistics(lab, demo)
+    maps = []
+    for limit in (structures.ENTROPY_FULL_VOXELS, 1000):
+        monkeypatch.setattr(structures, "ENTROPY_FULL_VOXELS", limit)
+        r = assess_result(lab, p, state, demo, segments)
+        assert r.step == (1 if limit > 1000 else structures.entropy_step(state.network_shape))
+        m = uncertainty_map(r, state)
+        assert m.array.shape == ct.array.shape and m.same_grid(ct)
+        maps.append(m.array)
+    assert abs(float(maps[0].mean()) - float(maps[1].mean())) < 0.02

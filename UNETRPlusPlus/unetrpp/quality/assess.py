@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .checks import Check, check_inputs, summary
-from .structures import check_structures, per_structure_measures, touching_edges, uncertainty
+from .structures import check_structures, entropy_step, per_structure_measures, touching_edges, uncertainty
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,9 @@ def assess_inputs(images: Mapping[str, Any], manifest: Any) -> list[Check]:
 class ResultQuality:
     segments: dict[int, dict[str, Any]]  # label value -> the segment's quality entry
     check: Check  # the run-level "structures" check
-    entropy: np.ndarray = field(repr=False)  # normalised entropy on the network grid
+    entropy: np.ndarray = field(repr=False)  # normalised entropy on the network grid (every step-th voxel)
     seconds: float = 0.0
+    step: int = 1  # the entropy was sampled at every step-th voxel per axis (large grids)
 
 
 def assess_result(labelmap: Any, probabilities: Any, state: Any, manifest: Any,
@@ -48,21 +49,29 @@ def assess_result(labelmap: Any, probabilities: Any, state: Any, manifest: Any,
     """Plausibility and calibrated uncertainty per structure, from the labelmap on the input grid
     (`partial`), the class probabilities on the network grid and the report's segments (volumes)."""
     t = time.perf_counter()
-    labels, entropy = uncertainty(probabilities, temperature_of(manifest))
+    step = entropy_step(probabilities.shape[1:])
+    labels, entropy = uncertainty(probabilities, temperature_of(manifest), step)
     values = [int(s["value"]) for s in segments]
     lcc = list(manifest.inference_defaults.largest_component_labels)
-    measures = per_structure_measures(labels, entropy, values, skip_fragments=lcc)
+    measures = per_structure_measures(labels, entropy, values, skip_fragments=lcc, step=step)
     partial = touching_edges(labelmap.array, getattr(state, "roi_box", None))
     per, check = check_structures(segments, manifest, measures=measures, partial=partial,
                                   mirror_disagreement=mirror_disagreement)
-    return ResultQuality(per, check, entropy, time.perf_counter() - t)
+    return ResultQuality(per, check, entropy, time.perf_counter() - t, step)
 
 
 def uncertainty_map(result: ResultQuality, state: Any) -> Any:
-    """The entropy (0..1) on the input grid, as an `Image` (linear resampling; 0 outside the crop)."""
+    """The entropy (0..1) on the input grid, as an `Image` (linear resampling; 0 outside the crop). On
+    large grids, where the entropy was sampled at every step-th voxel, each sample fills its block."""
     from ..preprocess import array_to_input_grid
 
-    return array_to_input_grid(result.entropy, state, order=1, fill=0.0)
+    e = result.entropy
+    shape = tuple(state.network_shape)
+    if result.step > 1:
+        for axis in range(3):
+            e = np.repeat(e, result.step, axis=axis)
+        e = np.ascontiguousarray(e[: shape[0], : shape[1], : shape[2]])
+    return array_to_input_grid(e, state, order=1, fill=0.0)
 
 
 def add_to_report(report: dict[str, Any], input_checks: Sequence[Check], result: ResultQuality | None) -> dict[str, Any]:
