@@ -126,7 +126,7 @@ def test_bad_input_gets_a_message_and_the_server_keeps_serving(alice, server, tm
         (submit(alice, model="no-such-model"), 404, "not on this server", "model"),
         (submit(alice, options={"overlap": 3}), 422, "overlap", "input"),
         (submit(alice, options={"bogus": 1}), 422, "unknown option", "input"),
-        (submit(alice, output_format=".dcm"), 400, "DICOM series input", "output"),
+        (submit(alice, output_format=".dcm"), 400, "DICOM series input", "input"),
         (alice.get("/v1/jobs/does-not-exist-0000000"), 404, "no job", "input"),
         (alice.get("/v1/jobs/../../etc/passwd"), 404, "", "input"),
         (alice.delete("/v1/jobs/does-not-exist-0000000"), 404, "no job", "input"),

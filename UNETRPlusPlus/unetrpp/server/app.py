@@ -45,7 +45,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from .. import __version__
-from ..errors import ENVIRONMENT, INPUT, INTERNAL, MODEL, OUTPUT, RESOURCE, OutputError, RequestError, UnetrppError
+from ..errors import (ENVIRONMENT, INPUT, INTERNAL, MODEL, OUTPUT, RESOURCE, InputImageError, RequestError,
+                      UnetrppError)
 from ..jsonio import load_json
 from ..manifest import Manifest, read_manifest
 from ..formats import OUTPUT_SUFFIXES
@@ -53,7 +54,7 @@ from ..request import SegmentRequest, options_from_json
 from .store import ACTIVE, JobStore
 from .training import DEFAULT_MAX_ITERATIONS, check_model_name, extract_case_set, finetune_options
 from .uploads import check_self_contained, extract_dicom_zip, suffix_of
-from .workers import WorkerPool
+from .workers import WorkerPool, public_message
 
 log = logging.getLogger(__name__)
 
@@ -351,13 +352,15 @@ def create_app(config: ServerConfig) -> FastAPI:
             # file copies, unzipping and header checks: off the event loop, other requests go on
             inputs = await run_in_threadpool(_save_inputs, given, job_dir / "inputs", config.max_upload_bytes)
             if output_suffix == ".dcm" and not all((job_dir / "inputs" / r).is_dir() for r in inputs.values()):
-                raise OutputError("DICOM SEG output (.dcm) needs a DICOM series input (send it as a zip); "
-                                  "choose .seg.nrrd or .nii.gz for image files")
+                # an input problem, as `unetrpp segment` says (dicom_seg.check_dicom_source)
+                raise InputImageError("DICOM SEG output (.dcm) needs a DICOM series input (send it as a zip); "
+                                      "choose .seg.nrrd or .nii.gz for image files")
             # the request, validated once (the worker rebuilds it from these checked values)
             request = SegmentRequest.build(manifest, {n: job_dir / "inputs" / r for n, r in inputs.items()}, **options)
         except UnetrppError as exc:
             shutil.rmtree(job_dir, ignore_errors=True)
-            raise _error(413 if exc.category == RESOURCE else 400, str(exc), exc.category) from None
+            raise _error(413 if exc.category == RESOURCE else 400, public_message(str(exc), job_dir),
+                         exc.category) from None
         except BaseException:
             shutil.rmtree(job_dir, ignore_errors=True)
             raise

@@ -9,6 +9,7 @@ its place. Cancel = a `cancel` file in the job folder, which the worker checks b
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing as mp
 import os
@@ -105,7 +106,21 @@ def _run_task(task: dict[str, Any], slot: int, device: str, models: dict[str, An
         events.put(("done", job_id, slot, {"timing_s": result.report.get("timing_s", {})}))
     except Exception as exc:
         kind, data = _failure(exc, job_id, device)
+        if "error" in data:
+            data["error"] = public_message(data["error"], job_dir)
         events.put((kind, job_id, slot, data))
+
+
+def public_message(message: str, job_dir: Path) -> str:
+    """A job's message as its client reads it: without the server's own folders (the client sent
+    the file; the server's paths are none of its business). An upload is then named by its file
+    name in the job, e.g. `ct.nii.gz` for the input `ct`."""
+    folders = {job_dir / "inputs", job_dir}
+    with contextlib.suppress(OSError, RuntimeError):
+        folders |= {job_dir.resolve() / "inputs", job_dir.resolve()}
+    for folder in sorted(map(str, folders), key=len, reverse=True):
+        message = message.replace(folder + os.sep, "").replace(folder, "the job's folder")
+    return message
 
 
 def _failure(exc: BaseException, job_id: str, device: str) -> tuple[str, dict[str, Any]]:
