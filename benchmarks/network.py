@@ -68,6 +68,15 @@ def build(name: str, device: str):
     set_deterministic_weights(net)
     net = net.to(device)
     x = deterministic_input((1, *net.config.input_shape), dtype=torch.float32).to(device)
+    if kind in ("openvino", "onnxruntime", "openvino-bf16"):  # the ONNX export (unetrpp.backends)
+        import tempfile
+
+        from unetrpp.backends import choose_backend, prepare
+
+        os.environ.setdefault("UNETRPP_CACHE", str(Path(tempfile.gettempdir()) / "unetrpp-bench-cache"))
+        backend, _, precision = kind.partition("-")
+        runner = prepare(net, choose_backend(backend, "cpu", precision or "f32"))
+        return _Callable(runner), x, variant, None
     if kind in ("plain", "plain-no_grad"):
         return net, x, variant, None
     if kind == "fast":
@@ -82,6 +91,17 @@ def build(name: str, device: str):
 
 
 MATMUL_N = 2048
+
+
+class _Callable(torch.nn.Module):
+    """A backend's callable (tensor -> logits) as a module, for the timing loop."""
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
 
 
 class _MatMul(torch.nn.Module):
@@ -311,6 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--compile", action="store_true", help="also time torch.compile of the optimized synapse")
     p.add_argument("--tune-allocator", action="store_true", help="call fast.tune_cpu_allocator() first")
+    p.add_argument("--backends", nargs="+", default=[], choices=["openvino", "onnxruntime", "openvino-bf16"],
+                   help="also time the synapse network's ONNX export on these backends (unetrpp.backends)")
+    p.add_argument("--only", nargs="+", help="time just these models as one round-robin group "
+                   "(e.g. synapse/fast synapse/openvino unetr); no memory probes")
     p.add_argument("--json", type=Path)
     p.add_argument("--markdown", type=Path)
     p.add_argument("--_probe", help=argparse.SUPPRESS)
@@ -333,6 +357,21 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {"machine": machine(a.device), "settings": vars(a) | {"json": str(a.json), "markdown": str(a.markdown)}}
     report["matmul_gflops"] = matmul_gflops(a.device)
     models: dict[str, dict] = {}
+    if a.only:
+        print(f"timing {', '.join(a.only)} ...", file=sys.stderr, flush=True)
+        res = time_group(a.only, a.device, a.runs, a.warmup)
+        for n, r in res.items():
+            print(json.dumps({"model": n, **{k: v for k, v in r.items() if not isinstance(v, list)}}), flush=True)
+        names = list(res)
+        for n in names:
+            for m in names:
+                if n != m:
+                    print(f"{m} / {n}: {res[m]['median_s'] / res[n]['median_s']:.2f}x "
+                          f"(per-round: {', '.join(f'{a_ / b_:.2f}' for a_, b_ in zip(res[m]['times_s'], res[n]['times_s']))})")
+        if a.json:
+            a.json.write_text(json.dumps({"machine": report["machine"], "load_average": os.getloadavg(), "models": res},
+                                         indent=2) + "\n")
+        return 0
     for v in a.variants:
         names = [f"{v}/plain", f"{v}/fast"]
         if v == "synapse":
@@ -344,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
                 names += [f"synapse/fast-no-{o}" for o in ABLATIONS] + ["synapse/fast-bf16"]
             if a.compile:
                 names.append("synapse/fast-compile")
+            names += [f"synapse/{b}" for b in a.backends]
         print(f"timing {', '.join(names)} ...", file=sys.stderr, flush=True)
         res = time_group(names, a.device, a.runs, a.warmup)
         from unetrpp.network import variant_config
