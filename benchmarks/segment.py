@@ -189,17 +189,14 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
     model = load(args.model)
     load_s = time.perf_counter() - t
     backend_report: dict[str, Any] = {}
-    if args.backend:  # every predict of this process on that backend (its choice recorded below)
-        import functools
-
-        model.predict = functools.partial(model.predict, backend=args.backend, report=backend_report)
     peaks = StagePeaks()
     peaks.peaks["load"] = peak_rss_mb()  # since the process started: imports and the package
     trim_heap()
     baseline = rss_mb()
     out = Path(args.workdir) / f"out-{Path(args.one).name.split('.')[0]}{args.output_format}"
     result = segment(model, args.one, SegmentOptions(
-        output=out, overlap=args.overlap, fast=args.fast, device=args.device, overwrite=True, sink=peaks))
+        output=out, overlap=args.overlap, fast=args.fast, device=args.device, overwrite=True, sink=peaks,
+        backend=args.backend or "auto"))
     peaks.stop()
     report = result.report
     grid = report["preprocessing"]["network_shape_zyx"]
@@ -218,7 +215,7 @@ def run_one(args: argparse.Namespace) -> dict[str, Any]:
         "output_mb": round(out.stat().st_size / 2**20, 2),
         "torch_threads": torch.get_num_threads(),
         "backend": report.get("backend") or backend_report.get("backend"),
-        "stitch_dtype": backend_report.get("stitch_dtype"),
+        "stitch_dtype": (report.get("backend") or {}).get("stitch_dtype"),
     }
     manifest = model.manifest
     del result, model  # the peer's memory is measured without UNETR++ in the process
