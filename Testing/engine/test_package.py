@@ -102,6 +102,12 @@ def test_tampered_zip_is_refused(tmp_path):
         (lambda d: d["inputs"].append(dict(d["inputs"][0], name="second")), "inputs"),
         (lambda d: d["labels"].append({"value": 40, "name": "x", "color": [1, 2, 3]}), "labels"),
         (lambda d: d.__setitem__("schema_version", 99), "schema_version"),
+        # a fine-tuned model's lineage must name its parent's weights (unetrpp-train finetune writes it)
+        (lambda d: d["provenance"].__setitem__("lineage", {"parent": {"name": "demo", "version": "1.0.0",
+                                                                      "weights_sha256": "not-a-sha"},
+                                                           "data": {"sha256": "0" * 64, "cases": ["a"]},
+                                                           "iterations": 5, "metrics": {"before": {}, "after": {}}}),
+         "provenance.lineage.parent.weights_sha256"),
     ],
 )
 def test_bad_manifest_names_the_field(tmp_path, mutate, field):
