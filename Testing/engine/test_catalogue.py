@@ -221,6 +221,7 @@ def test_cli_models_list_install_remove(home, tiny_synapse_package, capsys):
     assert cli_main(["models", "install", "synapse-official", "--progress", "json"]) == 2
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert lines[-1]["event"] == "error" and "import it from file" in lines[-1]["message"]
+    assert lines[-1]["category"] == "model"  # errors.classify, as every entry point's error event
     assert cli_main(["models", "remove", "synapse-tiny-test"]) == 0
     assert cli_main(["models", "remove", "synapse-tiny-test"]) == 2
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from unetrpp.errors import CancelledError, UnetrppError
+from unetrpp.errors import CancelledError, UnetrppError, classify
 from unetrpp.network import NetworkConfig, build_network
 from unetrpp.network.deterministic import deterministic_input, set_deterministic_weights
 from unetrpp.predict import (
@@ -226,6 +226,7 @@ def test_cuda_without_cuda_is_a_clear_error(net):
     with pytest.raises(DeviceUnavailableError, match="unknown device"):
         select_device("tpu")
     assert isinstance(DeviceUnavailableError("x"), UnetrppError)  # CLI exit code 2
+    assert classify(DeviceUnavailableError("x")).category == "environment"  # the machine, not the input
 
 
 def test_auto_device_and_cpu():

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .atomic import remove_path, replace_path, staged_file, staging_dir
-from .errors import CancelledError, IntegrityError, ManifestError, OutputExistsError, PackageError, UnetrppError
+from .errors import MODEL, CancelledError, IntegrityError, ManifestError, OutputExistsError, PackageError, UnetrppError
 from .hashing import check_sha256, sha256_file
 from .jsonio import read_json_file
 from .manifest import MANIFEST_FILE, WEIGHTS_FILE, check_package_zip, read_manifest, read_manifest_json
@@ -50,6 +50,8 @@ _CHUNK = 1 << 16
 
 class CatalogueError(UnetrppError):
     """The catalogue file is missing or malformed, or names no such model."""
+
+    category = MODEL
 
 
 # Cache locations ------------------------------------------------------------------------------

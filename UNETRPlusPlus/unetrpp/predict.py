@@ -48,7 +48,7 @@ import torch
 from scipy import ndimage
 from torch import nn
 
-from .errors import CancelledError, UnetrppError
+from .errors import CancelledError, EnvironmentProblem, UnetrppError
 from .manifest import InferenceDefaults
 from .progress import CancelToken, Event, ProgressSink, StepTimer, null_sink
 
@@ -82,8 +82,8 @@ def _stitch_dtype(classes: int, size: Sequence[int], choice: str = "auto") -> to
     return STITCH_DTYPES[choice]
 
 
-class DeviceUnavailableError(UnetrppError):
-    """The requested compute device does not exist on this machine."""
+class DeviceUnavailableError(EnvironmentProblem):
+    """The requested compute device does not exist on this machine (category environment)."""
 
 
 # Devices ------------------------------------------------------------------------------------

@@ -106,13 +106,13 @@ def run_install(args: argparse.Namespace) -> int:
         entries = _catalogue(args) if args.official is None and not Path(args.source).exists() else None
         path = catalogue.install(args.source, official_variant=args.official, overwrite=args.overwrite,
                                  sink=sink, catalogue=entries)
-    except Exception as exc:
-        if args.progress == "json":
-            from ..errors import UnetrppError
+    except BaseException as exc:
+        if args.progress == "json":  # the last line carries the category, as every entry point's does
+            from ..errors import classify
             from ..progress import Event
 
-            if isinstance(exc, UnetrppError):
-                sink(Event("error", kind=type(exc).__name__, message=str(exc)))
+            c = classify(exc)
+            sink(Event("error", kind=type(exc).__name__, category=c.category, message=c.message))
         raise
     finally:
         if isinstance(sink, TqdmSink):
