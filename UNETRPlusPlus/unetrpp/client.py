@@ -367,6 +367,18 @@ def _server_model(client: ServerClient, model: str) -> dict[str, Any]:
     return models[name]
 
 
+def _local_package(model: str) -> Path:
+    """The package on this computer that `model` (a path, or an installed or bundled model's name)
+    names: the server runs its own copy, but the local one is no place for an output either, as
+    for a local run (a name alone would protect nothing: `--report <installed>/model.json`)."""
+    from .catalogue import resolve_model
+
+    try:
+        return resolve_model(model)
+    except UnetrppError:  # not on this computer: only on the server
+        return Path(model)
+
+
 def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, cancel: CancelToken | None) -> RemoteResult:
     """`unetrpp segment --server URL ...`: the same options and outputs as a local run. `inputs`
     is the positional INPUT or {NAME: PATH} as the CLI parsed them."""
@@ -379,7 +391,7 @@ def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, ca
         log.warning("--device %s is ignored with --server: the server chooses its devices", args.device)
     # the local run's output rules: existing files, inputs and unwritable folders refused before any work
     plan = OutputPlan.create(args.output, args.report, overwrite=args.overwrite,
-                             protected=protected_sources(inputs, args.model))
+                             protected=protected_sources(inputs, _local_package(args.model)))
     report_path = plan.report
     token = read_token(args.token_file)
     ca_file = getattr(args, "ca_file", None)
