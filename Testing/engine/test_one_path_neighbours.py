@@ -37,6 +37,22 @@ INPUT_ENTRIES = ("segment", "worker", "client", "batch", "server")
 
 
 # fixtures ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def own_home(tmp_path_factory):
+    """A model cache of this module's own: `demo-abdomen-ct` names the bundled package, whatever
+    another run installed in ~/.unetrpp."""
+    home = tmp_path_factory.mktemp("home")
+    saved = os.environ.get("UNETRPP_HOME")
+    os.environ["UNETRPP_HOME"] = str(home)
+    ENV["UNETRPP_HOME"] = str(home)
+    yield home
+    if saved is None:
+        os.environ.pop("UNETRPP_HOME", None)
+    else:
+        os.environ["UNETRPP_HOME"] = saved
+    ENV.pop("UNETRPP_HOME", None) if saved is None else ENV.__setitem__("UNETRPP_HOME", saved)
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, data_dir) -> dict[str, Path]:
     """Writable copies of real inputs plus their hostile neighbours, made once."""
