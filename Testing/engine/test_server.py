@@ -690,3 +690,22 @@ def test_finetune_job_cancel(alice, tmp_path):
     st = wait_state(alice, job, ("cancelled", "done", "failed"), timeout=300)
     assert st["state"] == "cancelled", st
     assert alice.get(f"/v1/jobs/{job}/result").status_code == 409
+
+
+def test_serve_backend_is_the_default_of_jobs_that_name_none(tmp_path, tokens):
+    """`serve --backend onnxruntime`: a job without a backend runs on it, a job naming one keeps its own;
+    the job's report says which ran."""
+    srv = Server(tmp_path / "data", tokens[0], "--backend", "onnxruntime")
+    try:
+        with httpx.Client(base_url=srv.url, headers=srv.headers(TOKENS[0]), timeout=120) as client:
+            ran = {}
+            for options in ({"fast": True}, {"fast": True, "backend": "torch"}):
+                r = submit(client, options=options)
+                assert r.status_code == 202, r.text
+                st = wait_state(client, r.json()["id"], ("done", "failed"), timeout=600)
+                assert st["state"] == "done", st
+                report = client.get(f"/v1/jobs/{r.json()['id']}/report").json()
+                ran[options.get("backend")] = report["backend"]["name"]
+        assert ran == {None: "onnxruntime", "torch": "torch"}
+    finally:
+        srv.stop()

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from ..errors import EnvironmentProblem, UnetrppError
+from .segment import add_backend_argument
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--devices", default="auto",
                    help="comma-separated devices, one worker each: cpu, cuda:0,cuda:1 ... (default auto: every GPU, else cpu)")
     p.add_argument("--workers", type=int, default=1, help="worker processes per device (default 1)")
+    add_backend_argument(p)  # the default of jobs that name no backend; a job's own option wins
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads per worker (default: the cores shared among the CPU workers)")
     p.add_argument("--data-dir", type=Path, help="where jobs and results are kept (default: <unetrpp home>/server)")
@@ -174,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         threads=args.threads or default_threads(devices, args.workers),
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_jobs_per_token=args.max_jobs_per_token,
         retention_s=args.retention_hours * 3600,
-        allow_training=args.allow_training, max_train_iterations=args.max_train_iterations,
+        allow_training=args.allow_training, max_train_iterations=args.max_train_iterations, backend=args.backend,
     )
     if not tokens:
         log.warning("no authentication (--insecure-no-auth): anyone on this machine can use the server")

@@ -81,6 +81,7 @@ class ServerConfig:
     max_jobs_per_token: int = 4
     retention_s: float = 24 * 3600.0
     allow_training: bool = False  # POST /v1/finetune (serve --allow-training)
+    backend: str = "auto"  # serve --backend: what runs the network for a job that names none
     max_train_iterations: int = DEFAULT_MAX_ITERATIONS
 
 
@@ -328,6 +329,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             options = options_from_json(parsed, allowed=JOB_OPTIONS)
         except UnetrppError as exc:
             raise _error(422, f"options: {exc}") from None
+        if isinstance(parsed, dict) and parsed.get("backend") is None:
+            options["backend"] = config.backend  # the server's choice (serve --backend) for a job that names none
         output_suffix = str(form.get("output_format") or ".seg.nrrd")
         if output_suffix not in OUTPUT_SUFFIXES:
             raise _error(422, f"output_format {output_suffix!r}: use one of {', '.join(OUTPUT_SUFFIXES)}")
