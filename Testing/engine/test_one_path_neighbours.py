@@ -550,10 +550,8 @@ def test_an_output_never_goes_into_the_model_named_by_its_name(entry, rule, file
     no_traceback(o)
 
 
-@pytest.mark.xfail(strict=True, reason="batch.check_summary_path checks the summary with overwrite=True and never "
-                   "resolves it: a summary.csv that is a symlink loop is replaced by the summary (exit 0), where "
-                   "every other output of every entry point is refused ('cannot be used'); core-owned batch.py")
 def test_batch_summary_that_is_a_symlink_loop_is_refused_like_any_output(files, capsys, tmp_path, untouched):
+    """It used to be replaced by the summary (exit 0): checked with overwrite=True, never resolved."""
     loop = tmp_path / "summary.csv"
     loop.symlink_to(loop.name)
     o = run_batch(files["ct"], tmp_path, capsys=capsys)

@@ -263,8 +263,9 @@ def check_summary_path(path: Path, cases: Sequence[Case], model_path: Path | str
     or the model, in a writable folder; it is rewritten after every case (resume), so an existing
     one is replaced. Checked before the model is loaded."""
     from .image import source_files
-    from .outputs import check_not_protected, check_output_file, protected_sources
+    from .outputs import _resolved, check_not_protected, check_output_file, protected_sources
 
+    _resolved(Path(path), "summary output")  # a symbolic link loop: refused as every output is
     protected = [f for c in cases for p in protected_sources(c.inputs, model_path) for f in source_files(p)]
     check_not_protected("summary", Path(path), protected)
     check_output_file("summary", Path(path), overwrite=True)
