@@ -231,7 +231,7 @@ def test_roi_restricts_work_and_keeps_grid(ct):
     np.testing.assert_array_equal(out.array.astype(bool), (ct.array > 200.5) & inside)
     with pytest.raises(InputImageError, match="does not overlap the input"):
         preprocess([ct], m, roi=((0, 0, 2000), (10, 10, 2010)))
-    with pytest.raises(InputImageError, match="max > min"):
+    with pytest.raises(InputImageError, match="each max must be greater than its min"):
         preprocess([ct], m, roi=((10, 0, 0), (0, 10, 10)))
 
 

@@ -32,7 +32,9 @@ for the tests.
 
 from __future__ import annotations
 
+
 import copy
+import functools
 import ctypes
 import logging
 from dataclasses import dataclass
@@ -101,6 +103,22 @@ def _use_mkldnn(x: torch.Tensor, opts: FastOptions) -> bool:
     )
 
 
+@functools.cache
+def _onednn_has(dtype: torch.dtype) -> bool:
+    """Whether this processor has oneDNN's convolution kernels for `dtype`. float32 everywhere;
+    bfloat16 needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT and float16 AVX-512 FP16 or AVX-NE-CONVERT
+    ("mkldnn_convolution: bf16 path needs the cpu support ..." on an AVX2-only AMD EPYC). Where they
+    are missing, F.conv3d computes the same convolution under autocast. Probed once per dtype."""
+    if dtype == torch.float32:
+        return True
+    try:
+        one = torch.ones(1, 1, 1, 1, 1, dtype=dtype)
+        torch.mkldnn_convolution(one, one, None, [0, 0, 0], [1, 1, 1], [1, 1, 1], 1)
+        return True
+    except RuntimeError:
+        return False
+
+
 def _autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
     """The lower-precision dtype when autocast is on for x's device (our direct oneDNN call is
     not covered by autocast, so it casts by itself)."""
@@ -121,8 +139,8 @@ def conv3x3(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, op
         xin = xin.as_strided(xin.shape, (D * H * W, 1, H * W, W, 1))
         weight = weight.contiguous()
         weight = weight.as_strided(weight.shape, (weight[0].numel(), 1, *weight.stride()[2:]))
-    if _use_mkldnn(x, opts):
-        dt = _autocast_dtype(x)
+    dt = _autocast_dtype(x)
+    if _use_mkldnn(x, opts) and _onednn_has(dt or x.dtype):
         if dt is not None and dt != x.dtype:
             xin = xin.to(dt)
         if weight.dtype != xin.dtype:
