@@ -70,6 +70,11 @@ def test_nnunet_layout_errors_name_the_problem(tmp_path):
     (src / "imagesTr" / "case_001_0000.nii.gz").unlink()
     bad = run_cli("convert", "nnunet", str(src), "-o", str(tmp_path / "b"), check=False)
     assert bad.returncode == 2 and "case_001_0000.nii.gz is missing" in bad.stderr
+    # dataset.json comes from outside: read by the one bounded JSON reader (nesting, size), an input error
+    (src / "dataset.json").write_text('{"labels": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    bad = run_cli("convert", "nnunet", str(src), "-o", str(tmp_path / "c"), check=False)
+    assert bad.returncode == 2 and "levels deep" in bad.stderr and "Traceback" not in bad.stderr
+    assert not (tmp_path / "c").exists()
 
 
 @pytest.mark.slow

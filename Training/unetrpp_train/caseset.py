@@ -36,6 +36,7 @@ import SimpleITK as sitk
 
 from unetrpp.atomic import StagedOutputs, write_text
 from unetrpp.errors import OutputExistsError, UnetrppError
+from unetrpp.jsonio import read_json_file
 
 SET_FILE = "dataset.json"
 IMAGES_DIR = "imagesTr"
@@ -112,10 +113,7 @@ def read_set(set_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
     file = Path(set_dir) / SET_FILE
     if not file.is_file():
         return None
-    try:
-        data = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeError) as exc:
-        raise CaseSetError(f"{file} is not valid JSON ({exc})") from None
+    data = read_json_file(file, str(file), error=CaseSetError)  # the one bounded reader
     if not isinstance(data, dict) or not isinstance(data.get("channel_names"), dict) or not isinstance(data.get("labels"), dict):
         raise CaseSetError(f"{file} is not an nnU-Net dataset.json (needs channel_names and labels)")
     return data

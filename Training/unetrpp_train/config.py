@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from unetrpp.errors import UnetrppError
+from unetrpp.jsonio import read_json_file
 
 from .datasets import KINDS
 
@@ -261,10 +262,7 @@ def load_config(config_or_dataset: str | Path) -> TrainConfig:
                 f"({', '.join(KNOWN_DATASETS)})"
             )
         path = shipped
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path} is not valid JSON: {exc}") from exc
+    data = read_json_file(path, str(path), error=ConfigError)  # the one bounded reader
     cfg = TrainConfig.from_dict(data)
     log.info("training recipe %s (config hash %s)", path, cfg.config_hash())
     return cfg

@@ -64,12 +64,12 @@ names the case and the file.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from unetrpp.jsonio import read_json_file
 from unetrpp.official_models import (ACDC_LABELS, BRATS_LABELS, BRATS_REGIONS, BTCV_LABELS, LUNG_LABELS,
                                      SYNAPSE_EVALUATED_LABELS)
 
@@ -240,10 +240,8 @@ def _decathlon_pairs(root: Path, task: str) -> list[tuple[str, Path, Path]]:
     meta = root / "dataset.json"
     pairs = []
     if meta.is_file():
-        try:
-            training = json.loads(meta.read_text()).get("training", [])
-        except json.JSONDecodeError as exc:
-            raise ConversionError(f"{meta} is not valid JSON: {exc}") from exc
+        meta_data = read_json_file(meta, str(meta), error=ConversionError)  # the one bounded reader
+        training = meta_data.get("training", []) if isinstance(meta_data, dict) else []
         for item in training:
             try:
                 image, label = root / item["image"], root / item["label"]
@@ -303,10 +301,8 @@ def _lung(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dict[
     root = src / "Task06_Lung" if (src / "Task06_Lung").is_dir() else src
     meta = root / "dataset.json"
     if meta.is_file():
-        try:
-            declared = json.loads(meta.read_text()).get("labels", {})
-        except json.JSONDecodeError as exc:
-            raise ConversionError(f"{meta} is not valid JSON: {exc}") from exc
+        meta_data = read_json_file(meta, str(meta), error=ConversionError)  # the one bounded reader
+        declared = meta_data.get("labels", {}) if isinstance(meta_data, dict) else {}
         if declared and sorted(int(k) for k in declared) != [0, 1]:
             raise ConversionError(f"{meta} declares labels {declared}; Task06_Lung has 0 background and 1 cancer")
     cases = [CaseSource(cid, {"ct": ImageRef(image)}, label) for cid, image, label in _decathlon_pairs(root, "lung")]
@@ -434,10 +430,7 @@ def _nnunet(dataset: str, src: Path) -> tuple[DatasetSpec, list[CaseSource], dic
     file = src / "dataset.json"
     if not file.is_file():
         raise ConversionError(f"{file} is missing: an nnU-Net raw dataset holds dataset.json, imagesTr/ and labelsTr/")
-    try:
-        meta = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeError) as exc:
-        raise ConversionError(f"{file} is not valid JSON: {exc}") from exc
+    meta = read_json_file(file, str(file), error=ConversionError)  # the one bounded reader
     if not isinstance(meta, dict):
         raise ConversionError(f"{file} must hold a JSON object")
     channels = _nnunet_channels(meta, file)

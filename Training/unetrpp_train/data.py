@@ -29,6 +29,7 @@ from torch.utils.data import Dataset, Sampler
 
 from unetrpp.atomic import staged_file, write_text
 from unetrpp.errors import UnetrppError
+from unetrpp.jsonio import read_json_file
 
 from .augment import Augmenter, sampling_size
 from .config import AugmentConfig
@@ -129,10 +130,7 @@ def read_dataset(root: str | os.PathLike[str]) -> DatasetInfo:
     file = root / "dataset.json"
     if not file.is_file():
         raise DataError(f"{root} is not a converted dataset: {file} is missing (run `unetrpp-train convert` first)")
-    try:
-        data = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{file} is not valid JSON: {exc}") from exc
+    data = read_json_file(file, str(file), error=DataError)  # the one bounded reader
     channels = _parse_channels(data)
     labels = _parse_labels(data)
     raw_cases = data.get("cases")

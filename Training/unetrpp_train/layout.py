@@ -55,6 +55,7 @@ import SimpleITK as sitk
 
 from unetrpp.atomic import TEMP_PREFIX, replace_path, staging_dir, write_text
 from unetrpp.errors import UnetrppError
+from unetrpp.jsonio import read_json_file
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +123,7 @@ class DatasetSpec:
 
 # Reading ------------------------------------------------------------------------------------
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DatasetLayoutError(f"{path} is not valid JSON ({exc}); convert the dataset again") from exc
+    return read_json_file(path, f"{path} (convert the dataset again if it was damaged)", error=DatasetLayoutError)
 
 
 def load_dataset(dst: str | os.PathLike[str]) -> dict[str, Any]:

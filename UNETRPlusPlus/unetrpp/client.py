@@ -55,17 +55,25 @@ class ServerError(UnetrppError):
             self.category = category
 
 
-def _is_loopback_url(url: str) -> bool:
+def is_loopback_host(host: str) -> bool:
+    """Whether `host` (a name or an address) is this machine only: `localhost` or a loopback address.
+    The one rule for both sides: the server refuses a network address without TLS, the client sends
+    no token over plain HTTP to anything else."""
     import ipaddress
-    from urllib.parse import urlsplit
 
-    host = (urlsplit(url).hostname or "").lower()
+    host = host.lower().strip("[]")
     if host == "localhost":
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _is_loopback_url(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return is_loopback_host(urlsplit(url).hostname or "")
 
 
 def tls_context(ca_file: str | os.PathLike[str] | None = None):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import logging
 from pathlib import Path
 
@@ -96,12 +95,9 @@ def _models(names: list[str] | None) -> dict[str, Path]:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    from ..client import is_loopback_host
+
+    return is_loopback_host(host)
 
 
 def check_transport(host: str, certfile: Path | None, keyfile: Path | None, behind_tls_proxy: bool):
