@@ -32,7 +32,7 @@ from typing import Any
 
 from ..errors import RequestError, ResourceLimitError, UnetrppError
 from ..jsonio import load_json
-from .uploads import INPUT_SUFFIXES, check_self_contained, suffix_of
+from .uploads import INPUT_SUFFIXES, check_self_contained, copy_bounded, suffix_of
 
 #: A case set zip may hold at most this many files.
 MAX_CASE_FILES = 2000
@@ -45,7 +45,6 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}\Z")
 _CASE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
 _FOLDERS = ("imagesTr", "labelsTr")
 _JUNK = ("__MACOSX", ".DS_Store", "Thumbs.db", "desktop.ini")
-_CHUNK = 1 << 20
 
 
 def check_model_name(name: Any) -> str:
@@ -195,12 +194,7 @@ def extract_case_set(archive: Path, dest: Path, limit: int) -> Path:
                 target = dest.joinpath(*rel.parts)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 with zf.open(m) as src, open(target, "wb") as dst:
-                    while chunk := src.read(_CHUNK):
-                        total += len(chunk)
-                        if total > limit:
-                            raise ResourceLimitError(f"the case set unpacks to more than {limit / 2**20:.0f} MiB "
-                                                     "(serve --max-upload-mb)")
-                        dst.write(chunk)
+                    total = copy_bounded(src, dst, total, limit, "the case set")
                 if rel.name == "dataset.json":
                     dataset_json = target.read_bytes()
                 else:

@@ -148,6 +148,18 @@ def check_self_contained(path: Path, suffix: str) -> None:
         raise RequestError(f"suffix {suffix!r} is not an image file the server accepts; {_SEND}")
 
 
+def copy_bounded(src, dst, total: int, limit: int, what: str) -> int:
+    """Copy the rest of `src` to `dst` in chunks, counting into `total` (returned), and stop with a
+    ResourceLimitError naming `what` and the server's limit as soon as it passes `limit` bytes: a zip
+    member's declared size is not trusted."""
+    while chunk := src.read(_CHUNK):
+        total += len(chunk)
+        if total > limit:
+            raise ResourceLimitError(f"{what} unpacks to more than {limit / 2**20:.0f} MiB (serve --max-upload-mb)")
+        dst.write(chunk)
+    return total
+
+
 def _is_link(member: zipfile.ZipInfo) -> bool:
     return (member.external_attr >> 16) & 0o170000 == 0o120000
 
@@ -179,13 +191,7 @@ def extract_dicom_zip(archive: Path, dest: Path, limit: int) -> int:
                         raise RequestError(f"the zip member {m.filename!r} is not a DICOM file (no 'DICM' marker at "
                                            "byte 128); send a zip holding only the DICOM files of one series")
                     dst.write(first)
-                    total += len(first)
-                    while chunk := src.read(_CHUNK):
-                        total += len(chunk)
-                        if total > limit:
-                            raise ResourceLimitError(f"the zip unpacks to more than {limit / 2**20:.0f} MiB "
-                                                     "(serve --max-upload-mb)")
-                        dst.write(chunk)
+                    total = copy_bounded(src, dst, total + len(first), limit, "the zip")
             return len(members)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, zlib.error) as exc:
         raise RequestError(f"the file is not a readable zip of a DICOM series ({exc})") from None
