@@ -41,6 +41,8 @@ SCHEMA_VERSION = 2
 #: The files of a model package (a folder or a zip).
 MANIFEST_FILE = "model.json"
 WEIGHTS_FILE = "weights.safetensors"
+#: ONNX exports a package may store (`exports` in the manifest; unetrpp.package.store_export).
+ONNX_FILES = {"onnx": "model.onnx", "onnx_int8": "model-int8.onnx"}
 
 
 # Defaults: the one place ----------------------------------------------------------------------
@@ -213,6 +215,12 @@ class Manifest:
     @property
     def weights_sha256(self) -> str:
         return self.data["weights"]["sha256"]
+
+    @property
+    def exports(self) -> dict[str, Any]:
+        """The stored ONNX exports' records ({"onnx": {...}, "onnx_int8": {...}}; may be empty).
+        Records only: `unetrpp.package.stored_export` checks a file before it is used."""
+        return self.data.get("exports", {})
 
     def to_json(self) -> str:
         return json.dumps(self.data, indent=2) + "\n"
@@ -425,6 +433,8 @@ def build_manifest(
 #: UNETRPP_MAX_WEIGHTS_BYTES raises it for a trusted bigger package.
 MAX_WEIGHTS_BYTES = int(os.environ.get("UNETRPP_MAX_WEIGHTS_BYTES", 2 << 30))
 MAX_OTHER_FILE_BYTES = 16 << 20  # model card, README, licence
+#: a stored ONNX export (float32: about the weights' size; int8: a quarter of it)
+MAX_ONNX_BYTES = int(os.environ.get("UNETRPP_MAX_ONNX_BYTES", 2 << 30))
 MAX_ZIP_ENTRIES = 64
 MAX_ZIP_RATIO = 100  # uncompressed/compressed size of one entry: weights compress about 1.1:1
 
@@ -443,7 +453,9 @@ def check_package_zip(zf: zipfile.ZipFile, path: Path) -> None:
     for m in members:
         name = m.filename.rsplit("/", 1)[-1]
         limit, setting = {MANIFEST_FILE: (MAX_MANIFEST_BYTES, ""),
-                          WEIGHTS_FILE: (MAX_WEIGHTS_BYTES, " (UNETRPP_MAX_WEIGHTS_BYTES raises it for a trusted package)")
+                          WEIGHTS_FILE: (MAX_WEIGHTS_BYTES, " (UNETRPP_MAX_WEIGHTS_BYTES raises it for a trusted package)"),
+                          **{f: (MAX_ONNX_BYTES, " (UNETRPP_MAX_ONNX_BYTES raises it for a trusted package)")
+                             for f in ONNX_FILES.values()},
                           }.get(name, (MAX_OTHER_FILE_BYTES, ""))
         if m.file_size > limit:
             raise PackageError(

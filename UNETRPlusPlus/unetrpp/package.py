@@ -2,6 +2,13 @@
 
 Loading checks the manifest against its schema and the weights against the SHA256 recorded in the
 manifest before a single tensor is read; weights are never unpickled.
+
+A package folder may also store ONNX exports of its network (`model.onnx`, float32, and
+`model-int8.onnx`, the int8 quantization; `store_export`), recorded in the manifest's `exports`
+with their SHA256, size, opset, input shape, and the SHA256 of the weights and the architecture
+they were made from. `stored_export` hands one to a runtime only after its size, SHA256 and
+provenance match and its graph holds no external-data reference (an ONNX file is only ever read by
+ONNX Runtime or OpenVINO, never unpickled); otherwise it says why (stale, damaged, absent).
 """
 
 from __future__ import annotations
@@ -10,7 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import tempfile
+import weakref
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +29,17 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from .atomic import replace_path, staging_dir
+from .atomic import replace_path, staged_file, staging_dir
 from .errors import OutputExistsError, PackageError
 from .hashing import check_sha256, sha256_bytes, sha256_file
-from .manifest import MANIFEST_FILE, MAX_WEIGHTS_BYTES, WEIGHTS_FILE, Manifest, package_zip_entry, read_manifest
+from .manifest import (MANIFEST_FILE, MAX_ONNX_BYTES, MAX_WEIGHTS_BYTES, ONNX_FILES, WEIGHTS_FILE, Manifest,
+                       package_zip_entry, read_manifest, read_manifest_json)
 from .network import UNETRPP, build_network
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Model", "load", "save_package", "read_manifest", "load_weights_into", "MANIFEST_FILE", "WEIGHTS_FILE"]
+__all__ = ["Model", "load", "save_package", "read_manifest", "load_weights_into", "MANIFEST_FILE", "WEIGHTS_FILE",
+           "store_export", "stored_export", "StoredExport", "package_of"]
 _DEEP_SUPERVISION_PREFIXES = ("out2.", "out3.")
 
 
@@ -229,6 +240,181 @@ def load(
     network = build_network(manifest.network_config, deep_supervision=deep_supervision)
     load_weights_into(network, weights, f"the weights of {path}")
     network.eval().to(device)
+    _PACKAGE_OF[network] = path
     return Model(network=network, manifest=manifest, path=path)
+
+
+# Stored ONNX exports --------------------------------------------------------------------------
+#: the package each loaded network came from (the backends look for its stored exports)
+_PACKAGE_OF: "weakref.WeakKeyDictionary[nn.Module, Path]" = weakref.WeakKeyDictionary()
+
+
+def package_of(network: nn.Module) -> Path | None:
+    """The package `network` was loaded from by `load` (None for a network built otherwise)."""
+    try:
+        return _PACKAGE_OF.get(network)
+    except TypeError:
+        return None
+
+
+def architecture_sha256(manifest: Manifest) -> str:
+    """SHA256 of the network configuration (what, with the weights, fixes the exported graph)."""
+    text = json.dumps(manifest.network_config.to_dict(), sort_keys=True)
+    return sha256_bytes(text.encode())
+
+
+class StoredExportError(PackageError):
+    """A stored ONNX export that cannot be used: damaged, altered, or made for other weights."""
+
+
+@dataclass(frozen=True)
+class StoredExport:
+    """A stored export's record and file; `stale` says why it does not belong to these weights."""
+
+    kind: str
+    path: Path
+    record: dict[str, Any]
+    stale: str | None
+
+    @property
+    def sha256(self) -> str:
+        return self.record["sha256"]
+
+
+def _export_record(path: Path, kind: str) -> tuple[Manifest, StoredExport | None]:
+    manifest = read_manifest(path)
+    record = manifest.exports.get(kind)
+    if record is None:
+        return manifest, None
+    stale = None
+    if record["weights_sha256"] != manifest.weights_sha256:
+        stale = (f"it was made from other weights (SHA256 {record['weights_sha256'][:12]}, the package's are "
+                 f"{manifest.weights_sha256[:12]})")
+    elif record["architecture_sha256"] != architecture_sha256(manifest):
+        stale = "it was made for another architecture than the manifest's"
+    return manifest, StoredExport(kind=kind, path=path / ONNX_FILES[kind], record=record, stale=stale)
+
+
+def stored_export(package: str | os.PathLike[str], kind: str = "onnx", *, verify: bool = True) -> StoredExport | None:
+    """The stored export `kind` ("onnx" or "onnx_int8") of a package folder: None when the manifest
+    records none (or the package is a zip: exports are used from installed folders). With `verify`
+    (default) the file is checked before it is returned: a regular file of the recorded size (at most
+    MAX_ONNX_BYTES), the recorded SHA256, and (with the `onnx` package) no external-data reference;
+    a failure raises StoredExportError naming the file and the command that rewrites it. A stale
+    record (other weights or architecture) is returned with `stale` set and is not verified."""
+    path = Path(package)
+    if not path.is_dir():
+        return None
+    _, found = _export_record(path, kind)
+    if found is None or found.stale or not verify:
+        return found
+    file, record = found.path, found.record
+    memo = _verified_key(file, record["sha256"])
+    if memo is not None and memo in _VERIFIED:
+        return found
+    redo = ("unetrpp export-onnx MODEL --into-package --overwrite" if kind == "onnx"
+            else "unetrpp quantize MODEL --calibration SCAN ... --overwrite")
+    if file.is_symlink() or not file.is_file():
+        raise StoredExportError(f"{file}: the stored ONNX export recorded in {path / MANIFEST_FILE} is missing or not "
+                                f"a regular file; write it again: {redo}")
+    size = file.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        raise StoredExportError(f"{file} is {size} bytes, over the limit of {MAX_ONNX_BYTES} bytes "
+                                "(UNETRPP_MAX_ONNX_BYTES raises it for a trusted package)")
+    if size != record["bytes"]:
+        raise StoredExportError(f"{file} is {size} bytes, not the {record['bytes']} recorded in the manifest: it is "
+                                f"truncated or was altered, and has not been used; write it again: {redo}")
+    try:
+        check_sha256(sha256_file(file), record["sha256"], f"the stored ONNX export {file}")
+    except PackageError as exc:
+        raise StoredExportError(f"{exc} Write it again: {redo}") from None
+    _vet_onnx(file)
+    if memo is not None:
+        _VERIFIED.add(memo)
+    return found
+
+
+#: files verified in this process, by (path, inode, size, mtime, SHA256): a changed file is checked again
+_VERIFIED: set[tuple] = set()
+
+
+def _verified_key(file: Path, sha256: str) -> tuple | None:
+    try:
+        st = file.lstat()
+    except OSError:
+        return None
+    return (str(file.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, sha256)
+
+
+def _vet_onnx(file: Path) -> None:
+    """Refuse an ONNX graph that points outside itself (external data: a path the runtime would open)
+    or uses operator domains outside ONNX and ONNX Runtime's own. Needs the `onnx` package, which the
+    ONNX backends install; without it the check is skipped (the runtimes refuse external data that
+    leaves the model's folder themselves)."""
+    try:
+        import onnx
+    except ImportError:
+        log.info("onnx is not installed: the external-data check of %s is skipped", file)
+        return
+    try:
+        model = onnx.load(str(file), load_external_data=False)
+    except Exception as exc:  # a damaged protobuf
+        raise StoredExportError(f"{file} is not a readable ONNX file: {type(exc).__name__}") from None
+    allowed = {"", "ai.onnx", "com.microsoft"}
+    domains = {o.domain for o in model.opset_import} - allowed
+    if domains:
+        raise StoredExportError(f"{file} uses operator domain(s) {sorted(domains)}; a stored export may only use "
+                                "ONNX's and ONNX Runtime's own operators")
+
+    def tensors(graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.HasField("t"):
+                    yield attr.t
+                yield from attr.tensors
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from tensors(sub)
+
+    for t in tensors(model.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            raise StoredExportError(f"{file} refers to external data (tensor {t.name!r}); a stored export must hold "
+                                    "all its tensors itself")
+
+
+def store_export(package: str | os.PathLike[str], kind: str, onnx_file: str | os.PathLike[str],
+                 record: dict[str, Any], *, overwrite: bool = False) -> dict[str, Any]:
+    """Copy the ONNX file `onnx_file` into the package folder as its export `kind` and record it in
+    the manifest (SHA256, size, the weights' and architecture's SHA256, plus `record`: opset,
+    input_shape, check, ...). The file and then the manifest are each written beside their place
+    and renamed over it; the manifest is validated before anything is written. Returns the record."""
+    path = Path(package)
+    if kind not in ONNX_FILES:
+        raise ValueError(f"unknown export kind {kind!r}")
+    if not path.is_dir():
+        raise PackageError(f"{path}: exports are stored in a package folder; install the zip first "
+                           "(unetrpp models install PACKAGE.zip) and store into the installed model")
+    data = read_manifest_json(path)
+    manifest = Manifest(data)
+    if kind in manifest.exports and not overwrite:
+        raise OutputExistsError(f"{path} already stores an export {ONNX_FILES[kind]}; pass --overwrite to replace it")
+    src = Path(onnx_file)
+    size = src.stat().st_size
+    if size > MAX_ONNX_BYTES:
+        raise PackageError(f"{src} is {size} bytes, over the limit of {MAX_ONNX_BYTES} bytes for a stored export")
+    entry = {**record, "file": ONNX_FILES[kind], "sha256": sha256_file(src), "bytes": size,
+             "weights_sha256": manifest.weights_sha256, "architecture_sha256": architecture_sha256(manifest)}
+    data = json.loads(json.dumps(data))
+    data.setdefault("exports", {})[kind] = entry
+    Manifest(data)  # validate before writing
+    from .atomic import write_text
+
+    with staged_file(path / ONNX_FILES[kind], overwrite=True) as tmp:
+        shutil.copyfile(src, tmp)
+        if sha256_file(tmp) != entry["sha256"]:  # the source changed while it was copied
+            raise PackageError(f"{src} changed while it was copied into {path}; nothing was stored")
+    write_text(path / MANIFEST_FILE, json.dumps(data, indent=2) + "\n", overwrite=True)
+    log.info("stored %s in %s (sha256 %s, %d bytes)", ONNX_FILES[kind], path, entry["sha256"][:12], size)
+    return entry
 
 

@@ -11,11 +11,16 @@
 
 Precision: `f32` everywhere by default. `bf16` (OpenVINO on CPUs with native bfloat16) and `f16`
 (ONNX Runtime / OpenVINO) are explicit options; labels with them are measured in
-docs/benchmarks.md. int8 is not offered (it needs a calibration set per model).
+docs/benchmarks.md. `int8` is an explicit option only, never the default: it runs the package's
+stored int8 export (post-training static quantization calibrated on scans, `unetrpp quantize`,
+`unetrpp.backends.quantize`) in OpenVINO or ONNX Runtime on the CPU, and is refused, naming that
+command, when the package stores none.
 
-Compiled networks are cached: the ONNX export once per package and patch on disk
-($UNETRPP_HOME/cache/onnx), OpenVINO's compiled blob on disk (its CACHE_DIR), and the compiled
-network per package, shape, precision and thread count in this process (`prepare`).
+The ONNX graph comes from the package when it stores one (`unetrpp export-onnx MODEL
+--into-package`; used only after its size, SHA256 and provenance matched, `unetrpp.package.stored_export`),
+else from the export cache: exported once per package and patch on disk
+($UNETRPP_HOME/cache/onnx). OpenVINO's compiled blob is cached on disk (its CACHE_DIR), and the
+compiled network per package, shape, precision and thread count in this process (`prepare`).
 
 Nothing here is imported by `unetrpp` at start-up, and every optional backend is imported only when
 chosen: with only PyTorch installed, `auto` is `torch`. UNETRPP_HIDE_BACKENDS=openvino,onnxruntime
@@ -38,7 +43,7 @@ from ..errors import EnvironmentProblem
 log = logging.getLogger(__name__)
 
 BACKEND_CHOICES = ("auto", "torch", "openvino", "onnxruntime")
-PRECISION_CHOICES = ("auto", "f32", "bf16", "f16")
+PRECISION_CHOICES = ("auto", "f32", "bf16", "f16", "int8")
 _OPTIONAL = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 _INSTALL_HINT = {
     "openvino": "pip install 'unetrpp[cpu]' (or: pip install openvino onnx)",
@@ -97,9 +102,10 @@ def choose_backend(backend: str | None = "auto", device: Any = "cpu", precision:
     if name not in BACKEND_CHOICES:
         raise BackendError(f"unknown backend {backend!r}; choose one of {', '.join(BACKEND_CHOICES)}")
     if prec not in PRECISION_CHOICES:
-        raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)} "
-                           "(int8 is not offered: it needs a calibration set per model)")
+        raise BackendError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISION_CHOICES)}")
     dev = _device_type(device)
+    if prec == "int8":
+        return _int8_choice(name, dev)
     if name == "auto":
         if dev != "cpu":
             name, reason = "torch", f"PyTorch on {dev}" + (" (float16 autocast)" if dev == "cuda" else "")
@@ -125,6 +131,24 @@ def choose_backend(backend: str | None = "auto", device: Any = "cpu", precision:
     elif name == "onnxruntime" and prec == "bf16":
         raise BackendError("ONNX Runtime offers f32 or f16 here; bf16 is an OpenVINO option")
     return BackendChoice(name=name, device=dev, precision=prec, reason=reason)
+
+
+def _int8_choice(name: str, dev: str) -> BackendChoice:
+    """int8 is an explicit choice: it runs where it can (OpenVINO, else ONNX Runtime, on the CPU) or
+    is refused; it never falls back to another precision ("requested": no fallback, no short-job
+    switch to PyTorch)."""
+    if dev != "cpu":
+        raise BackendError(f"precision int8 runs on the CPU (OpenVINO or ONNX Runtime), not on {dev}; use --device cpu")
+    if name == "auto":
+        name = next((b for b in ("openvino", "onnxruntime") if is_installed(b)), "")
+        if not name:
+            raise BackendError("precision int8 needs OpenVINO or ONNX Runtime: " + _INSTALL_HINT["openvino"])
+    elif name == "torch":
+        raise BackendError("precision int8 runs the package's int8 ONNX export in OpenVINO or ONNX Runtime, not in "
+                           "PyTorch; use --backend auto, openvino or onnxruntime")
+    elif not is_installed(name):
+        raise BackendError(f"backend {name!r} is not installed: {_INSTALL_HINT[name]}")
+    return BackendChoice(name=name, device=dev, precision="int8", reason="requested")
 
 
 #: `auto` on a CPU runs a short job on PyTorch while the package has no ONNX export yet: exporting
@@ -158,24 +182,35 @@ def prepare(network: Any, choice: BackendChoice, *, weights_sha256: str | None =
         return _inference_module(network, torch.device(choice.device if choice.device != "cuda" else "cuda"), optimize)
     from .onnx_export import cached_onnx, export_key
 
-    key = (choice.name, choice.device, choice.precision, export_key(network, weights_sha256),
-           tuple(network.config.input_shape), _threads())
+    stored = _stored_graph(network, choice)
+    graph = stored.sha256 if stored is not None else export_key(network, weights_sha256)
+    key = (choice.name, choice.device, choice.precision, graph, tuple(network.config.input_shape), _threads())
     with _CACHE_LOCK:
         hit = _CACHE.get(key)
         if hit is not None:
             _CACHE.move_to_end(key)
             log.info("compiled %s network from this process's cache", choice.name)
             return hit
-    path = cached_onnx(network, weights_sha256)
+    if stored is not None:
+        path = stored.path
+        log.info("%s: the package's stored %s export %s (sha256 %s)", choice.name,
+                 "int8" if choice.precision == "int8" else "ONNX", path, stored.sha256[:12])
+    else:
+        path = cached_onnx(network, weights_sha256)
     if choice.name == "openvino":
         from .runtimes import OpenVINONetwork
 
-        runner: Callable = OpenVINONetwork(path, network.config.input_shape, precision=choice.precision,
+        # int8: the QDQ graph runs as int8 (OpenVINO's low-precision transformations); the hint
+        # keeps the layers left in float at float32
+        runner: Callable = OpenVINONetwork(path, network.config.input_shape,
+                                           precision="f32" if choice.precision == "int8" else choice.precision,
                                            threads=_threads())
     else:
         from .runtimes import OnnxRuntimeNetwork
 
-        runner = OnnxRuntimeNetwork(path, device=choice.device, precision=choice.precision, threads=_threads())
+        runner = OnnxRuntimeNetwork(path, device=choice.device,
+                                    precision="f32" if choice.precision == "int8" else choice.precision,
+                                    threads=_threads())
     with _CACHE_LOCK:
         _CACHE[key] = runner
         while len(_CACHE) > _CACHE_SIZE:
@@ -183,10 +218,51 @@ def prepare(network: Any, choice: BackendChoice, *, weights_sha256: str | None =
     return runner
 
 
+def _stored_graph(network: Any, choice: BackendChoice) -> Any:
+    """The package's stored export for `choice` (verified), or None to use the export cache. int8
+    has no fallback: without a usable int8 export it is refused, naming the command that makes one.
+    A stale float32 export (other weights) is skipped with a warning; a damaged one is refused
+    (`auto` then runs PyTorch with a warning, `unetrpp.predict`)."""
+    from ..package import package_of, stored_export
+
+    package = package_of(network)
+    kind = "onnx_int8" if choice.precision == "int8" else "onnx"
+    if choice.precision == "int8":
+        make = f"unetrpp quantize {package or 'MODEL'} --calibration SCAN [SCAN ...]"
+        if package is None:
+            raise BackendError("precision int8 runs a model package's int8 export; this network was not loaded from a "
+                               f"package folder. Load the package with unetrpp.load and make the export: {make}")
+        found = stored_export(package, kind)
+        if found is None:
+            raise BackendError(f"model package {package} has no int8 export; make one from calibration scans: {make}")
+        if found.stale:
+            raise BackendError(f"the int8 export of {package} is stale: {found.stale}. Make it again: {make} --overwrite")
+        return found
+    if package is None or (choice.name == "onnxruntime" and choice.precision == "f16"):
+        return None  # (ONNX Runtime's f16 writes a converted copy beside the graph: only in the cache)
+    found = stored_export(package, kind)
+    if found is not None and found.stale:
+        log.warning("the stored ONNX export of %s is not used: %s. Export it again: unetrpp export-onnx %s "
+                    "--into-package --overwrite", package, found.stale, package)
+        return None
+    return found
+
+
 def is_prepared(network: Any, choice: BackendChoice, weights_sha256: str | None = None) -> bool:
-    """Whether `prepare` would find the export ready (in this process, or on disk): no export to pay."""
-    if choice.name == "torch":
+    """Whether `prepare` would find the export ready (in this process, in the package, or on disk):
+    no export to pay."""
+    if choice.name == "torch" or choice.precision == "int8":  # int8 is never exported on the fly
         return True
+    from ..package import package_of, stored_export
+
+    package = package_of(network)
+    if package is not None:
+        try:
+            found = stored_export(package, "onnx", verify=False)
+        except Exception:  # a package whose manifest no longer reads: prepare says why
+            found = None
+        if found is not None and not found.stale and found.path.is_file():
+            return True
     from .onnx_export import cached_onnx_path, export_key
 
     key = export_key(network, weights_sha256)
