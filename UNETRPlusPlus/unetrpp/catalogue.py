@@ -36,13 +36,13 @@ from .atomic import remove_path, replace_path, staged_file, staging_dir
 from .errors import MODEL, CancelledError, IntegrityError, ManifestError, OutputExistsError, PackageError, UnetrppError
 from .hashing import check_sha256, sha256_file
 from .jsonio import read_json_file
-from .manifest import MANIFEST_FILE, WEIGHTS_FILE, check_package_zip, read_manifest, read_manifest_json
+from .manifest import MANIFEST_FILE, ONNX_FILES, WEIGHTS_FILE, check_package_zip, read_manifest, read_manifest_json
 from .progress import CancelToken, Event, null_sink
 
 log = logging.getLogger(__name__)
 
 CATALOGUE_SCHEMA_VERSION = 1
-PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE, "MODEL_CARD.md", "README.md", "LICENSE")
+PACKAGE_FILES = (MANIFEST_FILE, WEIGHTS_FILE, "MODEL_CARD.md", "README.md", "LICENSE", *ONNX_FILES.values())
 FORMATS = ("package-zip", "official-checkpoint")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 _CHUNK = 1 << 16
