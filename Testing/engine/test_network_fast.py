@@ -18,6 +18,7 @@ from torch import nn
 from unetrpp.network import InputShapeError, NetworkConfig, build_network
 from unetrpp.network.blocks import ResidualAdd
 from unetrpp.network.deterministic import deterministic_input, set_deterministic_weights
+from unetrpp.network.deploy import ChannelFirstBlock, deploy_network
 from unetrpp.network.fast import FastOptions, FastUNETRPP, optimize_for_inference
 
 OFFICIAL_NAME = {"synapse": "synapse", "acdc": "acdc", "brats": "tumor", "lung": "lung"}
@@ -174,13 +175,18 @@ def _parity_samples(t: torch.Tensor, k: int) -> np.ndarray:
         pytest.param("lung", marks=pytest.mark.slow),
     ],
 )
-def test_float32_optimized_matches_official_float64_vectors(variant, parity_dir):
+@pytest.mark.parametrize("form", ["fast", "deploy"])
+def test_float32_optimized_matches_official_float64_vectors(variant, form, parity_dir):
+    """Both derived forms of the full official networks: the fast PyTorch path and the deploy
+    graph that the ONNX export traces."""
     ref = json.loads((parity_dir / f"{OFFICIAL_NAME[variant]}.json").read_text())
     net = build_network(variant).eval()
     set_deterministic_weights(net)
-    fast = optimize_for_inference(net)
+    fast = optimize_for_inference(net) if form == "fast" else deploy_network(net, copy=False)
+    del net
     x = deterministic_input(tuple(ref["input_shape"]), dtype=torch.float32)
-    y = fast(x)
+    with torch.no_grad():
+        y = fast(x)
     assert list(y.shape) == ref["output_shape"] and y.dtype == torch.float32
     expected = np.asarray(ref["output_samples"])
     err = float(np.abs(_parity_samples(y, 4096) - expected).max() / np.abs(expected).max())
@@ -224,3 +230,29 @@ def test_sdpa_option_is_exact_in_float64(kind):
     with torch.no_grad():
         ref = net(x)
     assert _rel(optimize_for_inference(net, options=FastOptions(sdpa=True))(x), ref) < 1e-12
+
+
+# The deploy graph (network/deploy.py), traced by the ONNX export ---------------------------------
+@pytest.mark.parametrize("kind", list(TINY))
+def test_deploy_network_is_exact_in_float64(kind):
+    """Channel-first transformer blocks compute the faithful function, including the official
+    head/token-mixing reshape of the spatial branch on both of its paths (tokens divisible by the
+    channels at the early stages, not at the last)."""
+    net = _tiny_network(kind)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    deploy = deploy_network(net)
+    blocks = [m for m in deploy.modules() if isinstance(m, ChannelFirstBlock)]
+    assert blocks and not any(type(m).__name__ == "TransformerBlock" for m in deploy.modules())
+    tokens = {b.pos.shape[-1] % b.C == 0 for b in blocks}
+    assert tokens == {True, False}
+    x = torch.randn(2, net.config.in_channels, *net.config.patch_size, dtype=torch.float64)
+    with torch.no_grad():
+        ref = net(x)
+        y = deploy(x)
+    assert y.shape == ref.shape and _rel(y, ref) < 1e-12
+    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())  # the original is untouched
+
+
+def test_deploy_network_refuses_other_modules():
+    with pytest.raises(TypeError):
+        deploy_network(nn.Conv3d(1, 1, 1))

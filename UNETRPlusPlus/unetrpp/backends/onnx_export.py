@@ -1,7 +1,9 @@
 """ONNX export of a UNETR++ network (any variant, official or trained package).
 
-The graph is traced from the faithful network (`unetrpp.network.UNETRPP`, eval mode, float32, no
-deep-supervision heads) with PyTorch's TorchScript-based exporter:
+The graph is traced from the deploy form of the faithful network (`unetrpp.network.deploy`: the
+same function, the transformer blocks computed channel-first so that the runtimes execute no
+token transposes; eval mode, float32, no deep-supervision heads) with PyTorch's TorchScript-based
+exporter (`deploy=False` traces the faithful module tree itself):
 
 * opset `OPSET` (17: LayerNormalization is a single operator);
 * one input `image` of shape (N, C, D, H, W) and one output `logits` (N, K, D, H, W), float32;
@@ -36,8 +38,9 @@ log = logging.getLogger(__name__)
 OPSET = 17
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
-#: bumped when the exported graph changes for the same weights (invalidates cached exports)
-EXPORT_REVISION = 1
+#: bumped when the exported graph changes for the same weights (invalidates cached exports);
+#: 2: the channel-first deploy graph
+EXPORT_REVISION = 2
 
 
 def _faithful_float32(network: nn.Module) -> nn.Module:
@@ -64,11 +67,15 @@ def _faithful_float32(network: nn.Module) -> nn.Module:
 
 
 def export_onnx(network: nn.Module, path: str | os.PathLike[str], *, opset: int = OPSET,
-                dynamic_batch: bool = True) -> Path:
-    """Export the faithful `network` to an ONNX file at `path` (written next to it, then renamed).
-    Returns the path."""
+                dynamic_batch: bool = True, deploy: bool = True) -> Path:
+    """Export the faithful `network` to an ONNX file at `path` (written next to it, then renamed),
+    traced from its deploy form (`deploy=False`: from the faithful tree). Returns the path."""
     path = Path(path)
     net = _faithful_float32(network)
+    if deploy:
+        from ..network.deploy import deploy_network
+
+        net = deploy_network(net, copy=net is network)  # transform the copy made above, if any
     shape = (1, *net.config.input_shape)
     x = torch.zeros(shape, dtype=torch.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +93,8 @@ def export_onnx(network: nn.Module, path: str | os.PathLike[str], *, opset: int 
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    log.info("exported %s (%s, opset %d, input %s) to %s", type(net).__name__, net.config.variant, opset, shape, path)
+    log.info("exported %s (%s, %s form, opset %d, input %s) to %s", type(net).__name__, net.config.variant,
+             "deploy" if deploy else "faithful", opset, shape, path)
     return path
 
 
