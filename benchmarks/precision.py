@@ -13,8 +13,19 @@ mirroring as recorded) with
   openvino-bf16      OpenVINO with bfloat16 inference precision (only where the CPU has native bf16)
   torch-bf16         PyTorch CPU autocast to bfloat16 (the same arithmetic class as OpenVINO's bf16;
                      emulated where the CPU lacks it: slow, but the labels are what is measured)
+  torch-f16          PyTorch CPU autocast to float16: the arithmetic class of the CUDA default
+                     (float16 autocast, as the official predict.py:134 mixed_precision=True), emulated
+                     on the CPU - a proxy, not a GPU measurement
   stitch-f16         float32 network, float16 stitching buffer (what large volumes use)
 and the labels on the input grid (labels_to_input_grid) compared voxel by voxel with torch-f32.
+
+The deterministic weights give nearly uniform class probabilities (a worst case for ties). A trained
+network's peaked probabilities are what users see:
+
+    python benchmarks/precision.py --model demo-abdomen-ct --scans SCAN [SCAN ...]
+
+runs the same comparison with an installed or bundled model package on real scans (its own
+inference defaults: overlap, mirroring).
 """
 
 from __future__ import annotations
@@ -59,10 +70,42 @@ def package(variant: str, root: Path):
     return load(import_official_checkpoint(ckpt, variant, root / variant))
 
 
+def _cases(args, tmp: Path):
+    """(case name, loaded model, {input name: image}, overlap, mirror axes) per case."""
+    from unetrpp import load
+    from unetrpp.image import read_image
+
+    if args.model:
+        from unetrpp.catalogue import resolve_model
+
+        model = load(resolve_model(args.model))
+        d = model.manifest.inference_defaults
+        if len(model.manifest.inputs) != 1:
+            raise SystemExit("--model takes single-input packages; multi-input models: use the pipeline cases")
+        name = model.manifest.inputs[0].name
+        for scan in args.scans:
+            yield scan.name, model, {name: read_image(scan)}, d.overlap, tuple(d.mirror_axes)
+        return
+    models = {}
+    for case in args.cases:
+        d = PIPELINE / case
+        info = json.loads((d / "case.json").read_text())
+        variant = info["project_model_variant"]
+        if variant not in models:
+            models[variant] = package(variant, tmp)
+        files = {"ct": d / "input_image.nii.gz"} if variant == "synapse" else {
+            n: d / f"{s}.nii.gz" for n, s in MRI.items()}
+        s = info["settings"]
+        yield (case, models[variant], {n: read_image(f) for n, f in files.items()}, s["overlap"],
+               tuple(s["mirror_axes"]) if s["mirroring"] else ())
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--json", type=Path)
     p.add_argument("--cases", nargs="+", default=CASES)
+    p.add_argument("--model", help="a model package (name or folder): real scans instead of the pipeline cases")
+    p.add_argument("--scans", nargs="+", type=Path, default=[], help="scans for --model (files or DICOM folders)")
     args = p.parse_args()
     from unetrpp.backends import is_installed
     from unetrpp.image import read_image
@@ -78,21 +121,11 @@ def main() -> int:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("UNETRPP_CACHE", str(Path(tmp) / "cache"))
-        models = {}
-        for case in args.cases:
-            d = PIPELINE / case
-            info = json.loads((d / "case.json").read_text())
-            variant = info["project_model_variant"]
-            if variant not in models:
-                models[variant] = package(variant, Path(tmp))
-            model = models[variant]
-            files = {"ct": d / "input_image.nii.gz"} if variant == "synapse" else {
-                n: d / f"{s}.nii.gz" for n, s in MRI.items()}
-            x, state = preprocess({n: read_image(f) for n, f in files.items()}, model.manifest)
+        for case, model, images, overlap, mirror_axes in _cases(args, Path(tmp)):
+            x, state = preprocess(images, model.manifest)
             x = torch.from_numpy(x)
-            s = info["settings"]
-            common = dict(patch_size=tuple(model.manifest.network_config.patch_size), overlap=s["overlap"],
-                          mirror_axes=tuple(s["mirror_axes"]) if s["mirroring"] else (), device="cpu")
+            common = dict(patch_size=tuple(model.manifest.network_config.patch_size), overlap=overlap,
+                          mirror_axes=mirror_axes, device="cpu")
             # oneDNN's direct bf16 convolution needs AVX-512/AVX-NE-CONVERT; F.conv3d emulates it elsewhere
             fast = optimize_for_inference(model.network, options=FastOptions(mkldnn_conv=False))
             runs = {"torch-f32": dict(network=model.network, backend="torch")}
@@ -101,6 +134,7 @@ def main() -> int:
                 if bf16_native:
                     runs["openvino-bf16"] = dict(network=model.network, backend="openvino", precision="bf16")
             runs["torch-bf16"] = dict(network=Autocast(fast, torch.bfloat16), backend="torch")
+            runs["torch-f16"] = dict(network=Autocast(fast, torch.float16), backend="torch")
             runs["stitch-f16"] = dict(network=model.network, backend="torch", stitch_dtype="float16")
             reference = None
             for name, kw in runs.items():
@@ -117,7 +151,7 @@ def main() -> int:
                        "classes_in_reference": int(len(np.unique(reference)))}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-    result = {"bf16_native_cpu": bf16_native, "torch": torch.__version__, "rows": rows}
+    result = {"model": args.model or "deterministic weights", "bf16_native_cpu": bf16_native, "torch": torch.__version__, "rows": rows}
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     print("| case | run | labels equal to torch-f32 | max prob. diff | time (s) |")
