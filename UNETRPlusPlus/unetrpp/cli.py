@@ -15,7 +15,7 @@ from .errors import CANCELLED, classify
 log = logging.getLogger(__name__)
 
 # Sub-command modules, in the order `unetrpp --help` lists them.
-COMMANDS = ["segment", "batch", "models", "import_official", "serve", "export_onnx"]
+COMMANDS = ["segment", "batch", "models", "import_official", "serve", "export_onnx", "quantize"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,7 +39,7 @@ from .network import UNETRPP, build_network
 log = logging.getLogger(__name__)
 
 __all__ = ["Model", "load", "save_package", "read_manifest", "load_weights_into", "MANIFEST_FILE", "WEIGHTS_FILE",
-           "store_export", "stored_export", "StoredExport", "package_of"]
+           "store_export", "stored_export", "update_export_record", "StoredExport", "package_of"]
 _DEEP_SUPERVISION_PREFIXES = ("out2.", "out3.")
 
 
@@ -361,8 +361,16 @@ def _vet_onnx(file: Path) -> None:
     except Exception as exc:  # a damaged protobuf
         raise StoredExportError(f"{file} is not a readable ONNX file: {type(exc).__name__}") from None
     allowed = {"", "ai.onnx", "com.microsoft"}
-    domains = {o.domain for o in model.opset_import} - allowed
-    if domains:
+
+    def nodes(graph):
+        for node in graph.node:
+            yield node
+            for attr in node.attribute:
+                for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                    yield from nodes(sub)
+
+    domains = {n.domain for n in nodes(model.graph)} - allowed
+    if domains:  # (declared but unused opset imports are harmless)
         raise StoredExportError(f"{file} uses operator domain(s) {sorted(domains)}; a stored export may only use "
                                 "ONNX's and ONNX Runtime's own operators")
 
@@ -380,6 +388,24 @@ def _vet_onnx(file: Path) -> None:
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
             raise StoredExportError(f"{file} refers to external data (tensor {t.name!r}); a stored export must hold "
                                     "all its tensors itself")
+
+
+def update_export_record(package: str | os.PathLike[str], kind: str, changes: dict[str, Any]) -> dict[str, Any]:
+    """Add `changes` (e.g. the measured agreement) to the record of a stored export whose file is
+    unchanged (verified first); the manifest is validated, then replaced atomically."""
+    path = Path(package)
+    found = stored_export(path, kind)
+    if found is None or found.stale:
+        raise StoredExportError(f"{path} stores no current export {ONNX_FILES[kind]} to update")
+    data = read_manifest_json(path)
+    if data.get("exports", {}).get(kind, {}).get("sha256") != found.sha256:
+        raise StoredExportError(f"{path / MANIFEST_FILE} changed meanwhile; nothing was updated")
+    data["exports"][kind].update(json.loads(json.dumps(changes)))
+    Manifest(data)  # validate before writing
+    from .atomic import write_text
+
+    write_text(path / MANIFEST_FILE, json.dumps(data, indent=2) + "\n", overwrite=True)
+    return data["exports"][kind]
 
 
 def store_export(package: str | os.PathLike[str], kind: str, onnx_file: str | os.PathLike[str],

@@ -248,6 +248,14 @@ def _stored_graph(network: Any, choice: BackendChoice) -> Any:
     return found
 
 
+def check_int8(network: Any, backend: str | None, device: Any) -> BackendChoice:
+    """Refuse precision int8 up front (BackendError / StoredExportError naming the fix) when it
+    cannot run: no ONNX runtime, another device, or no current int8 export in the package."""
+    choice = choose_backend(backend, device, "int8")
+    _stored_graph(network, choice)
+    return choice
+
+
 def is_prepared(network: Any, choice: BackendChoice, weights_sha256: str | None = None) -> bool:
     """Whether `prepare` would find the export ready (in this process, in the package, or on disk):
     no export to pay."""
@@ -278,5 +286,5 @@ def clear_cache() -> None:
         _CACHE.clear()
 
 
-__all__ = ["BACKEND_CHOICES", "PRECISION_CHOICES", "BackendChoice", "BackendError", "choose_backend",
+__all__ = ["BACKEND_CHOICES", "PRECISION_CHOICES", "BackendChoice", "BackendError", "choose_backend", "check_int8",
            "installed_backends", "is_installed", "is_prepared", "prepare", "clear_cache", "AUTO_MIN_WORK"]
