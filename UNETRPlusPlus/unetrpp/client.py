@@ -419,6 +419,8 @@ def run_segment_command(args: Any, inputs: Any, roi: Any, sink: ProgressSink, ca
         options["strict"] = True
     if getattr(args, "backend", None) not in (None, "auto"):
         options["backend"] = args.backend
+    if getattr(args, "precision", None) not in (None, "auto"):
+        options["precision"] = args.precision
     report, outputs = segment_on_server(args.server, token, described["name"], inputs, args.output,
                                         report=report_path, options=options, sink=sink, cancel=cancel,
                                         overwrite=args.overwrite, ca_file=ca_file)

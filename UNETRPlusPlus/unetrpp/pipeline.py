@@ -39,6 +39,7 @@ class SegmentOptions:
     batch_size: int | None = None
     amp: bool = True
     backend: str = "auto"  # torch, openvino, onnxruntime or auto (unetrpp.backends)
+    precision: str = "auto"  # f32, bf16, f16, int8 (the package's int8 export) or auto
     overwrite: bool = False
     series_uid: str | None = None  # for DICOM folders holding several series
     strict: bool = False  # refuse a run whose input checks fail (quality)
@@ -75,6 +76,7 @@ def segment(
         manifest = read_manifest(model)  # cheap, no torch: the request is checked before loading
     request = SegmentRequest.build(manifest, inputs, roi=options.roi, overlap=options.overlap, fast=options.fast,
                                    series_uid=options.series_uid, device=options.device, backend=options.backend,
+                                   precision=options.precision,
                                    strict=options.strict, with_confidence=options.probabilities is not None)
     plan = output_plan(options, request)  # refuse bad or existing outputs before loading anything
     segmenter = model if isinstance(model, Segmenter) else Segmenter(

@@ -20,7 +20,8 @@ down unchanged to `Segmenter.segment(request, output_plan)`; no layer below re-v
 - Options: `roi` ((xmin, ymin, zmin), (xmax, ymax, zmax)) in LPS mm, or the text
   "xmin,ymin,zmin,xmax,ymax,zmax" (`check_roi`, the one ROI check); `overlap` in [0, 1) or None
   (the model's default, applied by the Segmenter); `fast` (no mirroring); `series_uid`; `device`
-  ("auto": the Segmenter's); `backend` ("auto"); `with_confidence`; `strict` (refuse a run whose
+  ("auto": the Segmenter's); `backend` ("auto"); `precision` ("auto"; "int8" runs the package's
+  int8 export, an explicit option only, `unetrpp.backends`); `with_confidence`; `strict` (refuse a run whose
   input checks fail).
 
 Torch-free (the contract layer): imports neither torch nor the image readers.
@@ -49,11 +50,12 @@ Roi = tuple[tuple[float, float, float], tuple[float, float, float]]
 
 #: Every option of a request, with its default.
 DEFAULTS: dict[str, Any] = {"roi": None, "overlap": None, "fast": False, "series_uid": None, "device": "auto",
-                            "backend": "auto", "with_confidence": False, "strict": False}
+                            "backend": "auto", "precision": "auto", "with_confidence": False, "strict": False}
 #: The options a remote client may send as JSON (the server chooses the device).
-JSON_OPTIONS = ("fast", "overlap", "roi", "series_uid", "backend", "with_confidence", "strict")
+JSON_OPTIONS = ("fast", "overlap", "roi", "series_uid", "backend", "precision", "with_confidence", "strict")
 _DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
 _BACKEND = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_PRECISION = ("auto", "f32", "bf16", "f16", "int8")  # unetrpp.backends.PRECISION_CHOICES (torch-free here)
 
 
 # The one ROI check --------------------------------------------------------------------------------
@@ -104,7 +106,7 @@ def parse_roi(text: str) -> Roi:
 
 # Options ------------------------------------------------------------------------------------------
 def check_options(*, roi: Any = None, overlap: Any = None, fast: Any = False, series_uid: Any = None,
-                  device: Any = "auto", backend: Any = "auto", with_confidence: Any = False,
+                  device: Any = "auto", backend: Any = "auto", precision: Any = "auto", with_confidence: Any = False,
                   strict: Any = False) -> dict[str, Any]:
     """Every option of a request validated and normalised (RequestError naming the option)."""
     if overlap is not None:
@@ -130,9 +132,14 @@ def check_options(*, roi: Any = None, overlap: Any = None, fast: Any = False, se
         raise RequestError(f"unknown device {device!r}; choose auto, cpu, cuda, cuda:N or mps")
     if not isinstance(backend, str) or not _BACKEND.match(backend):
         raise RequestError(f"backend {backend!r} must be a backend name such as auto or torch")
+    if precision is None:
+        precision = "auto"
+    if not isinstance(precision, str) or precision.strip().lower() not in _PRECISION:
+        raise RequestError(f"precision {precision!r}: choose one of {', '.join(_PRECISION)}")
+    precision = precision.strip().lower()
     return {"roi": check_roi(roi), "overlap": overlap, "fast": fast,
             "series_uid": series_uid.strip() if series_uid is not None else None, "device": device,
-            "backend": backend, "with_confidence": with_confidence, "strict": strict}
+            "backend": backend, "precision": precision, "with_confidence": with_confidence, "strict": strict}
 
 
 def options_from_json(data: Any, *, allowed: Sequence[str] = JSON_OPTIONS, what: str = "options") -> dict[str, Any]:
@@ -244,6 +251,7 @@ class SegmentRequest:
     series_uid: str | None = None
     device: str = "auto"  # "auto": the Segmenter's device
     backend: str = "auto"
+    precision: str = "auto"  # "int8": the package's int8 export (explicit only)
     with_confidence: bool = False
     strict: bool = False
     model: str | None = None  # name of the manifest the inputs were resolved against

@@ -131,6 +131,18 @@ def _timing(timing: dict[str, float]) -> dict[str, float]:
     return out
 
 
+def _int8_report(model: Model, backend: dict[str, Any]) -> dict[str, Any]:
+    """With precision int8: the int8 export used and its measured agreement with float32."""
+    if backend.get("precision") != "int8":
+        return {}
+    record = model.manifest.exports.get("onnx_int8", {})
+    agreement = record.get("agreement", {})
+    return {"int8_export": {"sha256": record.get("sha256"), "quantization": record.get("quantization", {}).get("tool"),
+                            "labels_equal_to_float32": {k: agreement[k] for k in ("calibration_min_labels_equal",
+                                                                                 "held_out_min_labels_equal")
+                                                        if k in agreement}}}
+
+
 def _roi_json(roi: Roi | None) -> list[list[float]] | None:
     return None if roi is None else [[float(v) for v in roi[0]], [float(v) for v in roi[1]]]
 
@@ -244,6 +256,10 @@ class Segmenter:
             sink(Event("stage", stage=name, message=message))
             return time.perf_counter()
 
+        if request.precision == "int8":  # explicit: refused before any work when the package cannot run it
+            from .backends import check_int8
+
+            check_int8(self.model.network, request.backend, device)
         t = stage("read", f"reading {len(request.inputs)} input(s)")
         images, described = _read_inputs(request)
         timing["read"] = time.perf_counter() - t
@@ -271,7 +287,7 @@ class Segmenter:
 
         patch = tuple(manifest.network_config.patch_size)
         backend = plan_backend(self.model.network, request.backend, device, volume.shape, patch, overlap, mirror_axes,
-                               manifest.weights_sha256)
+                               manifest.weights_sha256, precision=request.precision)
         t = stage("predict", f"sliding window on {device} ({backend.name}) over {'x'.join(map(str, volume.shape[1:]))} "
                              "voxels")
         tensor = torch.from_numpy(volume)
@@ -305,7 +321,8 @@ class Segmenter:
             "model": {"name": manifest.name, "version": manifest.version, "weights_sha256": manifest.weights_sha256,
                       "title": manifest.title, "path": str(self.model.path)},
             "device": str(device),
-            "backend": {**predicted.get("backend", {}), "stitch_dtype": predicted.get("stitch_dtype")},
+            "backend": {**predicted.get("backend", {}), "stitch_dtype": predicted.get("stitch_dtype"),
+                        **_int8_report(self.model, predicted.get("backend", {}))},
             "inputs": described,
             "options": {"overlap": overlap, "mirror_axes": list(mirror_axes), "roi": _roi_json(request.roi),
                         "largest_component_labels": list(defaults.largest_component_labels)},

@@ -61,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from ..request import check_options
     from .segment import _Cancel
 
-    options = {"fast": args.fast, "overlap": args.overlap, "strict": args.strict, "backend": args.backend}
+    options = {"fast": args.fast, "overlap": args.overlap, "strict": args.strict, "backend": args.backend,
+               "precision": args.precision}
     check_options(**options)  # before anything is read; each case's request is built from these
     model_path = resolve_model(args.model)
     cases = find_cases(args.inputs, read_manifest(model_path))  # before loading the network

@@ -27,6 +27,9 @@ def add_backend_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=("auto", "torch", "openvino", "onnxruntime"),
                    help="what runs the network: auto (OpenVINO on a CPU when installed, else PyTorch; PyTorch on "
                         "GPUs), torch, openvino (pip install 'unetrpp[cpu]') or onnxruntime; the report says which")
+    p.add_argument("--precision", default="auto", choices=("auto", "f32", "bf16", "f16", "int8"),
+                   help="network precision: auto (float32), bf16/f16 (openvino/onnxruntime), or int8: the package's "
+                        "int8 export (make it with unetrpp quantize; explicit only, labels measured against float32)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -191,7 +194,8 @@ def run(args: argparse.Namespace, force_json: bool = False) -> int:
         model_path = resolve_model(args.model)
         request = SegmentRequest.build(read_manifest(model_path), inputs, roi=args.roi, overlap=args.overlap,
                                        fast=args.fast, series_uid=args.series_uid, device=args.device,
-                                       backend=args.backend, with_confidence=args.probabilities is not None,
+                                       backend=args.backend, precision=args.precision,
+                                       with_confidence=args.probabilities is not None,
                                        strict=bool(getattr(args, "strict", False)))
         plan = OutputPlan.create(args.output, args.report, args.probabilities, args.overwrite,  # before loading
                                  protected=[model_path], request=request, extra=quality_outputs(args))

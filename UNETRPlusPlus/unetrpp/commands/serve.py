@@ -173,6 +173,7 @@ def run(args: argparse.Namespace) -> int:
         max_upload_bytes=int(args.max_upload_mb * 2**20), max_jobs_per_token=args.max_jobs_per_token,
         retention_s=args.retention_hours * 3600,
         allow_training=args.allow_training, max_train_iterations=args.max_train_iterations, backend=args.backend,
+        precision=args.precision,
     )
     if not tokens:
         log.warning("no authentication (--insecure-no-auth): anyone on this machine can use the server")

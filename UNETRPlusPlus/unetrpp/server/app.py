@@ -63,7 +63,7 @@ API_PREFIX = "/v1"
 MAX_OPTIONS_BYTES = 1 << 16
 #: The request options a job may set (`unetrpp.request`; the server chooses the device, and
 #: returns the segmentation and its report only, so no confidence map).
-JOB_OPTIONS = ("fast", "overlap", "roi", "series_uid", "backend", "strict")
+JOB_OPTIONS = ("fast", "overlap", "roi", "series_uid", "backend", "precision", "strict")
 _CHUNK = 1 << 20
 #: The category of an HTTP error when the route does not name one.
 _STATUS_CATEGORY = {401: ENVIRONMENT, 413: RESOURCE, 429: RESOURCE}
@@ -82,6 +82,7 @@ class ServerConfig:
     retention_s: float = 24 * 3600.0
     allow_training: bool = False  # POST /v1/finetune (serve --allow-training)
     backend: str = "auto"  # serve --backend: what runs the network for a job that names none
+    precision: str = "auto"  # serve --precision: likewise
     max_train_iterations: int = DEFAULT_MAX_ITERATIONS
 
 
@@ -331,6 +332,8 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise _error(422, f"options: {exc}") from None
         if isinstance(parsed, dict) and parsed.get("backend") is None:
             options["backend"] = config.backend  # the server's choice (serve --backend) for a job that names none
+        if isinstance(parsed, dict) and parsed.get("precision") is None:
+            options["precision"] = config.precision  # likewise (serve --precision)
         output_suffix = str(form.get("output_format") or ".seg.nrrd")
         if output_suffix not in OUTPUT_SUFFIXES:
             raise _error(422, f"output_format {output_suffix!r}: use one of {', '.join(OUTPUT_SUFFIXES)}")
