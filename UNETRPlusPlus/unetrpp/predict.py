@@ -305,7 +305,7 @@ class _Runner:
             try:
                 self.module = prepare(self.network, choice, weights_sha256=self.weights_sha256)
             except Exception as exc:
-                if self.backend_requested != "auto":
+                if self.backend_requested != "auto" or choice.precision == "int8":  # int8: explicit, no fallback
                     raise
                 self._warn(f"backend {choice.name} unavailable ({type(exc).__name__}: {exc}); using PyTorch")
                 log.debug("backend failure", exc_info=True)
