@@ -241,6 +241,14 @@ def _stored_graph(network: Any, choice: BackendChoice) -> Any:
     if package is None or (choice.name == "onnxruntime" and choice.precision == "f16"):
         return None  # (ONNX Runtime's f16 writes a converted copy beside the graph: only in the cache)
     found = stored_export(package, kind)
+    if found is not None and not found.stale:
+        from .onnx_export import EXPORT_REVISION
+
+        revision = found.record.get("exporter", {}).get("export_revision")
+        if isinstance(revision, int) and revision < EXPORT_REVISION:  # still the same network, checked when made
+            log.info("the stored ONNX export of %s comes from an older exporter (revision %d, now %d): `unetrpp "
+                     "export-onnx %s --into-package --overwrite` may give a faster graph", package, revision,
+                     EXPORT_REVISION, package)
     if found is not None and found.stale:
         log.warning("the stored ONNX export of %s is not used: %s. Export it again: unetrpp export-onnx %s "
                     "--into-package --overwrite", package, found.stale, package)
