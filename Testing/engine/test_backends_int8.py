@@ -252,3 +252,21 @@ def test_calibration_windows_are_the_sliding_windows(data_dir):
         assert np.array_equal(cut_window(volume, start, patch)[0], ran.numpy())
     few = window_positions([volume, volume], patch, 0.5, max_windows=3)
     assert len(few) == 3 and few[0][0] == 0 and few[-1][0] == 1  # spread over every scan
+
+
+def test_precision_is_a_request_option_of_every_entry_point():
+    from unetrpp.cli import build_parser
+    from unetrpp.errors import RequestError
+    from unetrpp.request import check_options, options_from_json
+    from unetrpp.server.app import JOB_OPTIONS
+
+    parser = build_parser()
+    assert parser.parse_args(["segment", "--model", "m", "x.nii.gz", "-o", "y.nii.gz"]).precision == "auto"
+    assert parser.parse_args(["batch", "--model", "m", "in", "-o", "out", "--precision", "int8"]).precision == "int8"
+    assert parser.parse_args(["serve", "--precision", "int8", "--insecure-no-auth"]).precision == "int8"
+    assert options_from_json('{"precision": "int8"}', allowed=JOB_OPTIONS)["precision"] == "int8"
+    assert check_options()["precision"] == "auto"
+    with pytest.raises(RequestError, match="precision"):
+        options_from_json('{"precision": "int4"}', allowed=JOB_OPTIONS)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["segment", "--model", "m", "x.nii.gz", "-o", "y.nii.gz", "--precision", "int4"])
