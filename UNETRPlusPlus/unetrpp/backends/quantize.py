@@ -57,7 +57,7 @@ DEFAULT_MAX_WINDOWS = 32
 
 def _need_onnxruntime() -> None:
     if not is_installed("onnxruntime"):
-        raise BackendError("int8 quantization uses ONNX Runtime's quantization tool: pip install 'unetrpp[cpu]' "
+        raise BackendError("int8 quantization uses ONNX Runtime's quantization tool: pip install 'unetrpp[onnx]' "
                            "(or: pip install onnxruntime onnx)")
     try:
         import onnx  # noqa: F401
