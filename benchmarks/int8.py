@@ -5,6 +5,7 @@ its labels against float32 on real CTs.
     python benchmarks/int8.py network --runs 5        # synapse network, OpenVINO f32 vs int8 vs MONAI UNETR
     python benchmarks/int8.py labels                  # demo model: calibrate, segment f32 vs int8, Dice
     python benchmarks/int8.py spread                  # held-out agreement over calibration settings
+    python benchmarks/int8.py e2e --package PKG       # Segmenter on the example CT, float32 vs int8
 
 network: the full-size synapse network (deterministic weights of the parity tests), exported to
 ONNX and quantized with `unetrpp.backends.quantize.quantize_onnx` on windows of the example CT cut
@@ -203,15 +204,47 @@ def spread() -> dict:
             "held_out_stdev": statistics.pstdev(vals)}
 
 
+def e2e(package: Path, runs: int) -> dict:
+    """`unetrpp segment`'s engine work (Segmenter.run, OpenVINO) on the example CT at float32 and
+    int8, with and without mirroring, round-robin after one warm-up each (hold the bench lock)."""
+    from unetrpp.package import load
+    from unetrpp.request import SegmentRequest
+    from unetrpp.segmenter import Segmenter
+
+    model = load(package)
+    seg = Segmenter(model, device="cpu")
+    cases = [(p, fast) for fast in (True, False) for p in ("f32", "int8")]
+    req = {c: SegmentRequest.build(model.manifest, CT, fast=c[1], backend="openvino", precision=c[0], device="cpu")
+           for c in cases}
+    for c in cases:
+        seg.run(req[c])
+    times: dict = {c: {"total": [], "predict": []} for c in cases}
+    for _ in range(runs):
+        for c in cases:
+            r = seg.run(req[c])
+            times[c]["total"].append(r.report["timing_s"]["total"])
+            times[c]["predict"].append(r.report["timing_s"]["predict"])
+    out = {}
+    for c in cases:
+        name = f"{c[0]} {'fast' if c[1] else 'mirrored'}"
+        out[name] = {k: {"median": statistics.median(v), "runs": v} for k, v in times[c].items()}
+    for mode in ("fast", "mirrored"):
+        a, b = times[("f32", mode == "fast")]["predict"], times[("int8", mode == "fast")]["predict"]
+        out[f"int8 speed-up, predict, {mode}, per round"] = [x / y for x, y in zip(a, b)]
+    out["load"] = os.getloadavg()
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=("network", "labels", "spread"))
+    p.add_argument("what", choices=("network", "labels", "spread", "e2e"))
+    p.add_argument("--package", type=Path, help="e2e: a package folder with an int8 export")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--windows", type=int, default=32, help="calibration windows")
     p.add_argument("--json", type=Path, help="also write the result here")
     args = p.parse_args(argv)
     result = {"network": lambda: network(args.runs, min(args.windows, 16)), "labels": lambda: labels(args.windows),
-              "spread": spread}[args.what]()
+              "spread": spread, "e2e": lambda: e2e(args.package, args.runs)}[args.what]()
     text = json.dumps(result, indent=1, default=str)
     print(text)
     if args.json:
