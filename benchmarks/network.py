@@ -45,6 +45,8 @@ ABLATIONS = ["mkldnn_conv", "channels_last", "fold_batchnorm", "matmul_convs", "
 def build(name: str, device: str):
     """(module, input, variant or None, autocast dtype or None) for a model name:
     '<variant>/plain', '<variant>/fast', 'synapse/fast-no-<option>', 'synapse/fast-bf16',
+    '<variant>/openvino', '<variant>/onnxruntime', '<variant>/openvino-faithful' (the ONNX export traced
+    from the faithful tree instead of the deploy graph),
     'synapse/plain-no_grad', 'unetr', 'swinunetr'."""
     from unetrpp.network import build_network
     from unetrpp.network.deterministic import deterministic_input, set_deterministic_weights
@@ -68,6 +70,16 @@ def build(name: str, device: str):
     set_deterministic_weights(net)
     net = net.to(device)
     x = deterministic_input((1, *net.config.input_shape), dtype=torch.float32).to(device)
+    if kind == "openvino-faithful":  # the export traced from the faithful tree (before the deploy graph)
+        import tempfile
+
+        from unetrpp.backends.onnx_export import export_onnx
+        from unetrpp.backends.runtimes import OpenVINONetwork
+
+        path = Path(tempfile.gettempdir()) / "unetrpp-bench-cache" / f"{variant}-faithful-graph.onnx"
+        if not path.is_file():
+            export_onnx(net, path, deploy=False)
+        return _Callable(OpenVINONetwork(path, net.config.input_shape, threads=torch.get_num_threads())), x, variant, None
     if kind in ("openvino", "onnxruntime", "openvino-bf16"):  # the ONNX export (unetrpp.backends)
         import tempfile
 

@@ -138,6 +138,48 @@ def test_compiled_networks_are_cached_per_package_and_shape(small_package, monke
 
 
 @needs_ov
+def test_openvino_streams_run_a_batch_concurrently_with_the_same_results(small_package, monkeypatch):
+    """Two streams (one thread each) run the items of a batch at once; the logits are those of the
+    one-stream network, item by item, and the sliding window hands it pairs of flips / windows."""
+    from unetrpp import load
+    from unetrpp.backends.onnx_export import cached_onnx
+    from unetrpp.backends.runtimes import OpenVINONetwork
+
+    model = load(small_package)
+    path = cached_onnx(model.network, model.manifest.weights_sha256)
+    shape = model.network.config.input_shape
+    one = OpenVINONetwork(path, shape, threads=2, streams=1)
+    two = OpenVINONetwork(path, shape, threads=2, streams=2)
+    assert (one.parallel_items, two.parallel_items) == (1, 2)
+    x = torch.stack([_volume(model.network.config.patch_size)[None][0] * s for s in (1.0, -0.5, 2.0)])
+    expected = one(x)
+    got = two(x)
+    assert got.shape == expected.shape
+    for i in range(3):  # each item its own result (no mix-up between concurrent requests)
+        assert float((got[i] - expected[i]).abs().max() / expected[i].abs().max()) < 1e-5
+    assert float((expected[0] - expected[1]).abs().max()) > 1e-2  # the items differ
+
+    volume = _volume((20, 40, 36))
+    reference = model.predict(volume, device="cpu", mirror_axes=(1, 2), backend="openvino")
+    calls: list[int] = []
+    original = OpenVINONetwork.__call__
+    monkeypatch.setattr(OpenVINONetwork, "__call__", lambda self, t: calls.append(t.shape[0]) or original(self, t))
+    monkeypatch.setenv("UNETRPP_OPENVINO_STREAMS", "2")
+    monkeypatch.setattr("unetrpp.backends._threads", lambda: 2)  # two streams need two threads
+    clear_cache()
+    mirrored = model.predict(volume, device="cpu", mirror_axes=(1, 2), backend="openvino")
+    assert set(calls) == {2}  # 4 flips of each window, two per call
+    torch.testing.assert_close(mirrored, reference, rtol=0, atol=1e-5)
+    calls.clear()
+    fast = model.predict(volume, device="cpu", mirror_axes=(), backend="openvino")
+    clear_cache()
+    monkeypatch.delenv("UNETRPP_OPENVINO_STREAMS")
+    assert max(calls) == 2  # two windows per call
+    torch.testing.assert_close(fast, model.predict(volume, device="cpu", mirror_axes=(), backend="openvino"),
+                               rtol=0, atol=1e-5)
+
+
+@needs_ov
 def test_model_optimized_backend_returns_logits(small_package):
     from unetrpp import load
 

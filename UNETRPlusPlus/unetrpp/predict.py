@@ -333,19 +333,33 @@ class _Runner:
         log.warning("%s", message)
         self.sink(Event("log", level="warning", message=message))
 
+    @property
+    def parallel_items(self) -> int:
+        """Inputs the network runs at once (an OpenVINO network with several streams), else 1."""
+        return max(1, int(getattr(self.module, "parallel_items", 1)))
+
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         """Mean softmax over the flips, times the Gaussian: (B, K, *patch) float32 on the CPU."""
         x = x.to(self.device, dtype=self.dtype, non_blocking=True)
         total: torch.Tensor | None = None
+        B = x.shape[0]
+        # A network that runs several inputs at once gets that many flips of the batch per call
+        # (concatenated along the batch); PyTorch one flip per call, as before.
+        group = self.parallel_items if B < self.parallel_items else 1
         with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=self.amp):
-            for dims in self.flips:
-                out = self.module(torch.flip(x, dims) if dims else x)
+            for first in range(0, len(self.flips), group):
+                flips = self.flips[first:first + group]
+                inp = torch.cat([torch.flip(x, dims) if dims else x for dims in flips]) if len(flips) > 1 else (
+                    torch.flip(x, flips[0]) if flips[0] else x)
+                out = self.module(inp)
+                del inp
                 if isinstance(out, (list, tuple)):  # deep supervision: the full-resolution head
                     out = out[0]
-                prob = torch.softmax(out.float(), dim=1)
-                if dims:
-                    prob = torch.flip(prob, dims)
-                total = prob if total is None else total.add_(prob)
+                for j, dims in enumerate(flips):
+                    prob = torch.softmax(out[j * B:(j + 1) * B].float(), dim=1)
+                    if dims:
+                        prob = torch.flip(prob, dims)
+                    total = prob if total is None else total.add_(prob)
                 del out
         assert total is not None
         total.mul_(self.gaussian / len(self.flips))
@@ -532,6 +546,9 @@ def predict_probabilities(
         else (backend or "auto").lower()
     runner = _Runner(network, dev, amp, flips, gaussian, batch_size, optimize, sink, backend=choice,
                      weights_sha256=weights_sha256, backend_requested=requested)
+    if len(flips) < runner.parallel_items and batch_size < runner.parallel_items and len(starts) > batch_size:
+        # no mirror flips to run side by side: hand the network that many windows at once
+        batch_size = runner.batch_size = min(runner.parallel_items, len(starts))
     buffer_device = torch.device("cpu")
     if gpu_plan is not None and gpu_plan.buffer_device == "cuda" and runner.device.type == "cuda":
         buffer_device = runner.device
