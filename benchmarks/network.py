@@ -46,7 +46,8 @@ def build(name: str, device: str):
     """(module, input, variant or None, autocast dtype or None) for a model name:
     '<variant>/plain', '<variant>/fast', 'synapse/fast-no-<option>', 'synapse/fast-bf16',
     '<variant>/openvino', '<variant>/onnxruntime', '<variant>/openvino-faithful' (the ONNX export traced
-    from the faithful tree instead of the deploy graph),
+    from the faithful tree instead of the deploy graph), '<variant>/openvino-2streams' (two windows per
+    call on two OpenVINO streams, time per window),
     'synapse/plain-no_grad', 'unetr', 'swinunetr'."""
     from unetrpp.network import build_network
     from unetrpp.network.deterministic import deterministic_input, set_deterministic_weights
@@ -80,6 +81,15 @@ def build(name: str, device: str):
         if not path.is_file():
             export_onnx(net, path, deploy=False)
         return _Callable(OpenVINONetwork(path, net.config.input_shape, threads=torch.get_num_threads())), x, variant, None
+    if kind == "openvino-2streams":  # two windows at once, one stream each: time per window
+        import tempfile
+
+        from unetrpp.backends.onnx_export import cached_onnx
+        from unetrpp.backends.runtimes import OpenVINONetwork
+
+        os.environ.setdefault("UNETRPP_CACHE", str(Path(tempfile.gettempdir()) / "unetrpp-bench-cache"))
+        runner = OpenVINONetwork(cached_onnx(net), net.config.input_shape, threads=torch.get_num_threads(), streams=2)
+        return _Pair(runner), x, variant, None
     if kind in ("openvino", "onnxruntime", "openvino-bf16"):  # the ONNX export (unetrpp.backends)
         import tempfile
 
@@ -114,6 +124,20 @@ class _Callable(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fn(x)
+
+
+class _Pair(torch.nn.Module):
+    """Two copies of the window through a backend that runs them concurrently (the sliding
+    window hands it two mirror flips or two windows per call); timed per window."""
+
+    items_per_call = 2
+
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(torch.cat([x, x]))[:1]
 
 
 class _MatMul(torch.nn.Module):
@@ -176,7 +200,7 @@ def time_group(names: list[str], device: str, runs: int, warmup: int) -> dict[st
             t0 = time.perf_counter()
             forward(m, x, amp, "no_grad" if n.endswith("no_grad") else "inference")
             sync(device)
-            results[n]["times_s"].append(time.perf_counter() - t0)
+            results[n]["times_s"].append((time.perf_counter() - t0) / getattr(m, "items_per_call", 1))
     for r in results.values():
         r["median_s"] = statistics.median(r["times_s"])
     return results
