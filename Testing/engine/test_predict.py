@@ -353,3 +353,95 @@ def test_stitching_buffer_in_float16_keeps_the_labels(small_package, monkeypatch
     assert model.predict(x, device="cpu", fast=True, backend="torch").dtype == torch.float16
     with pytest.raises(UnetrppError, match="stitch dtype"):
         model.predict(x, device="cpu", stitch_dtype="bfloat8")
+
+
+# Stitching arithmetic (unetrpp.stitching) -----------------------------------------------------------
+@pytest.mark.parametrize("patch,sigma_scale", [((64, 128, 128), 0.125), ((16, 32, 32), 0.125), ((7, 9, 12), 0.125)])
+def test_gaussian_is_the_outer_product_of_three_1d_gaussians(patch, sigma_scale):
+    from unetrpp.stitching import gaussian_factors, outer
+
+    factors = gaussian_factors(patch, sigma_scale)
+    assert factors is not None
+    official = gaussian_importance_map(patch, sigma_scale)
+    np.testing.assert_allclose(outer(factors).astype(np.float32), official, rtol=2e-7, atol=0)
+
+
+def test_gaussian_with_zeros_replaced_is_not_treated_as_separable():
+    from unetrpp.stitching import gaussian_factors
+
+    # sigma = patch / 100: the 4-sigma truncation leaves zeros that the official map replaces
+    assert (gaussian_importance_map((64, 64, 64), 0.01) > 0).all()
+    assert gaussian_factors((64, 64, 64), 0.01) is None
+
+
+@pytest.mark.parametrize("size,patch,overlap", [
+    ((150, 200, 190), (64, 128, 128), 0.5),  # several windows per axis
+    ((40, 50, 21), (16, 32, 32), 0.5),  # x smaller than the patch: padded
+    ((30, 33, 35), (8, 8, 8), 0.25),
+])
+def test_separable_normaliser_equals_the_per_voxel_sum(size, patch, overlap):
+    """The sum of every window's Gaussian, per voxel (the official weight map), against the outer
+    product of the three 1-D sums: equal within float32 rounding."""
+    from unetrpp.stitching import axis_normalisers, gaussian_factors, outer, window_slices
+
+    padded, below = padding_for(size, patch)
+    axis_starts = window_starts(padded, patch, overlap)
+    g = torch.from_numpy(np.array(gaussian_importance_map(patch, 0.125)))
+    per_voxel = torch.zeros(size, dtype=torch.float32)
+    for start in itertools.product(*axis_starts):
+        src, dst = window_slices(start, below, size, patch)
+        per_voxel[src] += g[dst]
+    separable = outer(axis_normalisers(gaussian_factors(patch, 0.125), axis_starts, below, size, patch))
+    assert separable.shape == tuple(size) and separable.min() > 0
+    np.testing.assert_allclose(separable.astype(np.float32), per_voxel.numpy(), rtol=1e-6, atol=0)
+
+
+class _Peaked(torch.nn.Module):
+    """A cheap real network with peaked, trained-like probabilities (one 1x1x1 convolution)."""
+
+    def __init__(self, classes: int = 5) -> None:
+        super().__init__()
+        torch.manual_seed(1)
+        self.conv = torch.nn.Conv3d(1, classes, 1)
+
+    def forward(self, x):
+        return self.conv(x) * 4
+
+
+def _slabs_of(network, x, **kwargs):
+    from unetrpp.predict import predict_slabs
+
+    got = []
+
+    def consumer(z0, slab):
+        got.append((z0, slab.clone()))
+
+    predict_slabs(network, x, consumer, **kwargs)
+    assert [z0 for z0, _ in got] == list(itertools.accumulate([0] + [s.shape[1] for _, s in got[:-1]]))
+    return got
+
+
+def test_slab_stitching_equals_the_whole_float16_buffer():
+    """predict_slabs with the float16 buffer: the slabs, put together, are the whole float16
+    result bit for bit, while only patch[0] slices of the buffer exist at any time."""
+    x = volume((37, 20, 18))
+    kwargs = dict(patch_size=PATCH, mirror_axes=(), device="cpu", stitch_dtype="float16")
+    whole = predict_probabilities(_Peaked(), x, **kwargs)
+    slabs = _slabs_of(_Peaked(), x, **kwargs)
+    assert len(slabs) > 2 and all(s.dtype == torch.float16 for _, s in slabs)
+    assert max(s.shape[1] for _, s in slabs) <= PATCH[0]
+    assert torch.equal(torch.cat([s for _, s in slabs], dim=1), whole)
+    # and the float16 result against float32: labels equal, probabilities within float16 rounding
+    f32 = predict_probabilities(_Peaked(), x, patch_size=PATCH, mirror_axes=(), device="cpu", stitch_dtype="float32")
+    assert float((whole.float() - f32).abs().max()) <= 2e-3
+    assert float((whole.float().argmax(0) == f32.argmax(0)).float().mean()) >= 0.999
+
+
+def test_slab_stitching_of_a_small_volume_is_the_official_float32_result(net):
+    """Small volumes (float32 stitching, the parity cases) come as one slab, the exact result."""
+    x = volume((12, 14, 9))
+    kwargs = dict(patch_size=PATCH, mirror_axes=(0,), device="cpu")
+    whole = predict_probabilities(net, x, **kwargs)
+    slabs = _slabs_of(net, x, **kwargs)
+    assert len(slabs) == 1 and slabs[0][1].dtype == torch.float32
+    assert torch.equal(slabs[0][1], whole)

@@ -354,6 +354,42 @@ def test_separate_z_export_equals_every_class_resampled(ct, smooth):
     assert not labels.array[outside].any() and not confidence.array[outside].any()
 
 
+@pytest.mark.parametrize("target_z,cuts", [(4.5, (0, 4, 9)), (3.5, (0, 5, 6, 13))])
+def test_slab_labels_equal_the_whole_volume_export(ct, target_z, cuts):
+    """SlabLabels (the probabilities handed over slab by slab, as predict_slabs does) gives the
+    labelmap and confidence of labels_to_input_grid and the labels and entropy of the quality
+    module's uncertainty on the whole volume, bit for bit, for float16 probabilities, whatever the
+    slab boundaries (entropy sampled every 2nd voxel: boundaries off the sampling grid included)."""
+    from unetrpp.preprocess import SlabLabels
+    from unetrpp.quality.structures import uncertainty
+
+    lo = ct.index_to_physical(np.array([10, 10, 3]))
+    hi = ct.index_to_physical(np.array([70, 60, 24]))
+    roi = (np.minimum(lo, hi).tolist(), np.maximum(lo, hi).tolist())
+    m = manifest("synapse", target_spacing=[target_z, 1.3, 1.1])  # z: 22 -> 15 (or 19) slices, separate axis 0
+    _, state = preprocess([ct], m, roi=roi)
+    assert SlabLabels.applies(state) and state.network_shape[0] > cuts[-1]
+    cuts = (*cuts, state.network_shape[0])
+    rng = np.random.default_rng(2)
+    logits = np.stack([ndimage.gaussian_filter(l, 2) * 40 for l in rng.normal(size=(5, *state.network_shape))])
+    probs = np.exp(logits - logits.max(0))
+    probs = (probs / probs.sum(0)).astype(np.float16)
+    labels, confidence = labels_to_input_grid(probs, state, with_confidence=True)
+    net_labels, entropy = uncertainty(probs, 1.5, 2)
+    slabs = SlabLabels(state, 5, with_confidence=True, quality=(1.5, 2))
+    for a, b in zip(cuts, cuts[1:]):
+        slabs(a, probs[:, a:b].copy())
+    got_labels, got_confidence = slabs.finish()
+    np.testing.assert_array_equal(got_labels.array, labels.array)
+    np.testing.assert_array_equal(got_confidence.array, confidence.array)
+    assert got_labels.spacing == labels.spacing and got_labels.origin == labels.origin
+    got_net, got_entropy = slabs.uncertainty_maps()
+    np.testing.assert_array_equal(got_net, net_labels)
+    np.testing.assert_array_equal(got_entropy, entropy)
+    with pytest.raises(ValueError, match="in order"):
+        SlabLabels(state, 5)(3, probs[:, 3:5])
+
+
 # unetrpp.resampling: the pinned scikit-image 0.18.1 behaviours -------------------------------------
 def test_resampling_pinned_skimage_behaviours(ct):
     from unetrpp.resampling import nearest_indices, resample, resize_slices, skimage_resize

@@ -51,6 +51,7 @@ from torch import nn
 from .errors import CancelledError, EnvironmentProblem, UnetrppError
 from .manifest import InferenceDefaults
 from .progress import CancelToken, Event, ProgressSink, StepTimer, null_sink
+from .stitching import FullStitcher, SlabConsumer, SlabStitcher, gaussian_factors, window_slices
 
 if TYPE_CHECKING:
     from .backends import BackendChoice
@@ -463,17 +464,7 @@ def plan_backend(network: nn.Module, backend: str | None, device: str | torch.de
 
 
 # Sliding window ---------------------------------------------------------------------------------
-def _window_slices(start: Sequence[int], below: Sequence[int], size: Sequence[int],
-                   patch_size: Sequence[int]) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """For a window starting at `start` in the padded volume: the slices of the (unpadded)
-    volume it covers, and the matching slices inside the window."""
-    src, dst = [], []
-    for s, b, n, p in zip(start, below, size, patch_size):
-        lo, hi = s - b, s - b + p  # the window in volume coordinates
-        a, e = max(lo, 0), min(hi, n)
-        src.append(slice(a, e))
-        dst.append(slice(a - lo, e - lo))
-    return tuple(src), tuple(dst)
+_window_slices = window_slices  # (kept for callers of the former private name)
 
 
 def predict_probabilities(
@@ -495,7 +486,8 @@ def predict_probabilities(
     weights_sha256: str | None = None,
     report: dict | None = None,
     stitch_dtype: str = "auto",
-) -> torch.Tensor:
+    consumer: SlabConsumer | None = None,
+) -> torch.Tensor | None:
     """Softmax probabilities (K, D, H, W), float32 on the CPU, of a preprocessed `volume`
     (C, D, H, W) by sliding-window inference with Gaussian weighting and mirroring (see the module
     docstring). `mirror_axes=()` turns test-time augmentation off (`--fast`). `optimize=False`
@@ -506,6 +498,8 @@ def predict_probabilities(
     report["backend"] = {name, device, precision, reason}.
     `stitch_dtype` ("auto", "float32", "float16") is the accumulator's and the result's dtype (see
     the module docstring: float16 only for large volumes by default).
+    `consumer(z0, slab)`: see `predict_slabs` (the result is then handed over slab by slab and
+    None is returned).
     The network is returned to its original device afterwards."""
     volume = torch.as_tensor(volume)
     if volume.dim() != 4:
@@ -521,8 +515,8 @@ def predict_probabilities(
     size = tuple(int(n) for n in volume.shape[1:])
     padded, below = padding_for(size, patch)
     starts = list(itertools.product(*window_starts(padded, patch, overlap)))
+    axis_starts = window_starts(padded, patch, overlap)
     gaussian = gaussian_importance_map(patch, sigma_scale)
-    gaussian_t = torch.from_numpy(np.array(gaussian))
     gpu_plan = None
     if batch_size is None and dev.type == "cuda":
         gpu_plan = _plan_cuda(network, dev, patch, size, len(starts), len(flips), amp, stitch_dtype)
@@ -550,7 +544,7 @@ def predict_probabilities(
         # no mirror flips to run side by side: hand the network that many windows at once
         batch_size = runner.batch_size = min(runner.parallel_items, len(starts))
     buffer_device = torch.device("cpu")
-    if gpu_plan is not None and gpu_plan.buffer_device == "cuda" and runner.device.type == "cuda":
+    if gpu_plan is not None and gpu_plan.buffer_device == "cuda" and runner.device.type == "cuda" and consumer is None:
         buffer_device = runner.device
         runner.keep_on_device = True
     if report is not None:
@@ -558,10 +552,7 @@ def predict_probabilities(
         if gpu_plan is not None:
             report["gpu_memory_plan"] = gpu_plan.reason
     channels = volume.shape[0]
-    accumulator: torch.Tensor | None = None
-    weights = torch.zeros(size, dtype=torch.float32, device=buffer_device)
-    gaussian_t = gaussian_t.to(buffer_device)
-    normalised = False  # float16: every window adds its share of the final average (see below)
+    stitcher: FullStitcher | SlabStitcher | None = None
     timer = StepTimer("predict", len(starts), sink)
     try:
         for first in range(0, len(starts), batch_size):
@@ -574,40 +565,56 @@ def predict_probabilities(
                 w[(slice(None), *dst)] = volume[(slice(None), *src)]
             predicted = runner(windows)
             del windows
-            if accumulator is None:
-                dtype = _stitch_dtype(predicted.shape[1], size, stitch_dtype)
-                accumulator = torch.zeros((predicted.shape[1], *size), dtype=dtype, device=buffer_device)
-                if dtype != torch.float32:
-                    # The Gaussian spans ~1e-11..1 at a window's corners, beyond float16's range: sum
-                    # the weights first and add each window's weighted probabilities already divided
-                    # by them, so every addend lies in [0, 1] and the buffer holds the final average.
-                    log.info("stitching buffer in %s (%d classes over %s voxels)", dtype, predicted.shape[1], size)
-                    for start in starts:
-                        src, dst = _window_slices(start, below, size, patch)
-                        weights[src] += gaussian_t[dst]
-                    normalised = True
+            if stitcher is None:
+                stitcher = _stitcher(predicted.shape[1], size, patch, below, starts, axis_starts, gaussian,
+                                     sigma_scale, stitch_dtype, buffer_device, consumer)
             predicted = predicted.to(buffer_device)  # no-op unless the runner moved off the GPU
-            for pred, (src, dst) in zip(predicted, regions):
-                if normalised:
-                    accumulator[(slice(None), *src)] += pred[(slice(None), *dst)] / weights[src]
-                else:
-                    accumulator[(slice(None), *src)] += pred[(slice(None), *dst)]
-                    weights[src] += gaussian_t[dst]
+            for pred, start in zip(predicted, batch):
+                stitcher.add(start, pred)
             del predicted
             timer.step(len(batch))
+        assert stitcher is not None
+        result = stitcher.finish()  # a slab stitcher hands its last slabs over here
     finally:
         if _network_device(network) != home:
             network.to(home)
-    assert accumulator is not None
     if report is not None:
         report["backend"] = runner.backend.as_dict()  # again: a fallback may have changed it
-    if not normalised:
-        accumulator /= weights
-    if accumulator.device.type != "cpu":
-        accumulator = accumulator.cpu()
-    if report is not None:
-        report["stitch_dtype"] = str(accumulator.dtype).removeprefix("torch.")
-    return accumulator
+        report["stitch_dtype"] = str(stitcher.dtype).removeprefix("torch.")
+    if result is None:
+        return None
+    if result.device.type != "cpu":
+        result = result.cpu()
+    if consumer is not None:  # small volumes: the float32 result is one slab
+        consumer(0, result)
+        return None
+    return result
+
+
+def _stitcher(classes: int, size: tuple[int, ...], patch: tuple[int, ...], below: tuple[int, ...],
+              starts: list[tuple[int, ...]], axis_starts: list[list[int]], gaussian: np.ndarray, sigma_scale: float,
+              stitch_dtype: str, device: torch.device, consumer: SlabConsumer | None) -> FullStitcher | SlabStitcher:
+    """The accumulator for `classes` over `size` (unetrpp.stitching): float32 as official, or float16
+    (large volumes), whole or as a band of z-slices handed to `consumer`."""
+    dtype = _stitch_dtype(classes, size, stitch_dtype)
+    if dtype == torch.float32:
+        return FullStitcher(classes, size, patch, below, starts, axis_starts, gaussian, None, dtype, device)
+    factors = gaussian_factors(patch, sigma_scale)
+    log.info("stitching buffer in %s (%d classes over %s voxels%s)", dtype, classes, size,
+             ", slab by slab" if consumer is not None else "")
+    if consumer is not None:
+        return SlabStitcher(classes, size, patch, below, starts, axis_starts, gaussian, factors, consumer)
+    return FullStitcher(classes, size, patch, below, starts, axis_starts, gaussian, factors, dtype, device)
+
+
+def predict_slabs(network: nn.Module, volume: torch.Tensor | np.ndarray, consumer: SlabConsumer, **kwargs) -> None:
+    """`predict_probabilities` (same arguments) handing the result to `consumer(z0, slab)` instead
+    of returning it: `slab` holds the probabilities (K, n, H, W) of slices z0 .. z0 + n, in ascending
+    order, each slice once, and is only valid during the call (copy what is kept). Small volumes
+    (float32 stitching) come as one float32 slab, computed exactly as `predict_probabilities`;
+    large ones (float16) as the windows move up, so only `patch[0]` slices of the float16 buffer
+    exist at any time (unetrpp.stitching.SlabStitcher)."""
+    predict_probabilities(network, volume, consumer=consumer, **kwargs)
 
 
 __all__ = [
@@ -617,6 +624,7 @@ __all__ = [
     "mirror_flips",
     "padding_for",
     "predict_probabilities",
+    "predict_slabs",
     "select_device",
     "plan_backend",
     "STITCH_FLOAT32_LIMIT",

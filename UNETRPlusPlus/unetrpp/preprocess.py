@@ -498,6 +498,87 @@ def labels_to_input_grid(probabilities: Any, state: PreprocessState, *, with_con
     return label_img, _cropped_to_input(best, state, fill=0.0)
 
 
+class SlabLabels:
+    """`labels_to_input_grid` (and the quality module's network-grid labels and entropy) computed
+    slab by slab, as `unetrpp.predict.predict_slabs` hands the probabilities over, so the whole
+    (K, D, H, W) volume never exists at once.
+
+    Only for the default export path (`SlabLabels.applies(state)`): a separate axis 0 (z) with
+    nearest neighbour along it and bilinear in-plane, where every output slice is one network
+    slice resized in-plane, so each slab gives its output slices exactly as the whole volume does
+    (`argmax_of_resized_slices` per slice, the labels then spread along z). With `quality`
+    (temperature, entropy step), also `quality.structures.uncertainty`'s labels and entropy (every
+    step-th voxel, sampled at the same slices as on the whole volume)."""
+
+    @staticmethod
+    def applies(state: PreprocessState) -> bool:
+        return state.separate_axis == 0 and state.separate_z_order == 0 and state.label_order == 1
+
+    def __init__(self, state: PreprocessState, classes: int, *, with_confidence: bool = False,
+                 quality: tuple[float, int] | None = None) -> None:
+        if not self.applies(state):
+            raise ValueError("slab-wise labels need a separate z axis with nearest neighbour along it")
+        self.state = state
+        self.with_confidence = with_confidence
+        n = state.network_shape[0]
+        crop_shape = _box_shape(state.crop_box)
+        self.plane = _plane(crop_shape, 0)
+        m = crop_shape[0]
+        self.needed, self.gather = np.unique(nearest_indices(n, m) if n != m else np.arange(n), return_inverse=True)
+        dtype = np.uint8 if classes <= 256 else np.uint16
+        self.labels = np.zeros((len(self.needed), *self.plane), dtype=dtype)
+        self.best = np.zeros((len(self.needed), *self.plane), dtype=np.float32) if with_confidence else None
+        self.quality = quality
+        if quality is not None:
+            step = int(quality[1])
+            self.net_labels = np.zeros(state.network_shape, dtype=dtype)
+            self.entropy = np.zeros(tuple(-(-int(v) // step) for v in state.network_shape), dtype=np.float32)
+        self.filled = 0
+
+    def __call__(self, z0: int, slab: Any) -> None:
+        """Slices z0 .. z0 + n of the probabilities (K, n, H, W) on the network grid."""
+        p = _to_numpy(slab)
+        n = int(p.shape[1])
+        if z0 != self.filled:
+            raise ValueError(f"slabs must come in order: expected slice {self.filled}, got {z0}")
+        lo, hi = np.searchsorted(self.needed, [z0, z0 + n])
+        if hi > lo:
+            labels, best = argmax_of_resized_slices(p, self.needed[lo:hi] - z0, self.plane, self.with_confidence)
+            self.labels[lo:hi] = labels
+            if self.with_confidence:
+                self.best[lo:hi] = best
+        if self.quality is not None:
+            from .quality.structures import uncertainty
+
+            temperature, step = self.quality
+            off = min((-z0) % step, n)  # the entropy is sampled at slices 0, step, 2 step, ... of the grid
+            if off:
+                self.net_labels[z0:z0 + off] = p[:, :off].argmax(0)
+            if off < n:
+                labels, entropy = uncertainty(p[:, off:], temperature, step)
+                self.net_labels[z0 + off:z0 + n] = labels
+                first = (z0 + off) // step
+                self.entropy[first:first + entropy.shape[0]] = entropy
+        self.filled = z0 + n
+
+    def finish(self) -> tuple[Image, Image | None]:
+        """(labelmap, confidence or None) on the first input's grid, as `labels_to_input_grid`."""
+        if self.filled != self.state.network_shape[0]:
+            raise ValueError(f"only {self.filled} of {self.state.network_shape[0]} slices were handed over")
+        labels = np.take(self.labels, self.gather, axis=0)
+        label_img = _cropped_to_input(labels, self.state)
+        del labels
+        confidence = None
+        if self.with_confidence:
+            confidence = _cropped_to_input(np.take(self.best, self.gather, axis=0), self.state, fill=0.0)
+        return label_img, confidence
+
+    def uncertainty_maps(self) -> tuple[np.ndarray, np.ndarray]:
+        """(labels, entropy) on the network grid, as `quality.structures.uncertainty` gives them."""
+        np.clip(self.entropy, 0.0, 1.0, out=self.entropy)
+        return self.net_labels, self.entropy
+
+
 def _running_argmax(probs: Any, state: PreprocessState, crop_shape: tuple[int, int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Every class resampled to the cropped grid in turn, with a running argmax (two full-size
     float channels in memory, not K)."""

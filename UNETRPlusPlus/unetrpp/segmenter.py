@@ -51,7 +51,7 @@ from .image import Image, check_geometry, read_image
 from .manifest import Manifest
 from .outputs import OutputPlan, write_outputs
 from .package import Model, load
-from .preprocess import PreprocessState, labels_to_input_grid, preprocess
+from .preprocess import PreprocessState, SlabLabels, labels_to_input_grid, preprocess
 from .progress import CancelToken, Event, ProgressSink, null_sink
 from .quality.assess import add_to_report, assess_inputs, assess_result
 from .quality.outputs import RunQuality
@@ -145,6 +145,24 @@ def _int8_report(model: Model, backend: dict[str, Any]) -> dict[str, Any]:
 
 def _roi_json(roi: Roi | None) -> list[list[float]] | None:
     return None if roi is None else [[float(v) for v in roi[0]], [float(v) for v in roi[1]]]
+
+
+def _slab_labels(state: PreprocessState, manifest: Manifest, with_confidence: bool) -> SlabLabels | None:
+    """For a large grid (float16 stitching) on the default export path: the labels, the confidence and
+    the quality maps made slab by slab while the windows run (`predict.predict_slabs`), so that the
+    (K, D, H, W) probabilities are never all in memory (a full abdominal CT: 0.5 GB instead of
+    1.2 GB). Small grids (float32, the parity cases) and other export paths: None (the whole volume)."""
+    import torch
+
+    from .predict import _stitch_dtype
+    from .quality.assess import temperature_of
+    from .quality.structures import entropy_step
+
+    classes = int(manifest.network_config.out_channels)
+    if not SlabLabels.applies(state) or _stitch_dtype(classes, state.network_shape) == torch.float32:
+        return None
+    return SlabLabels(state, classes, with_confidence=with_confidence,
+                      quality=(temperature_of(manifest), entropy_step(state.network_shape)))
 
 
 # The Segmenter ----------------------------------------------------------------------------
@@ -293,24 +311,29 @@ class Segmenter:
         tensor = torch.from_numpy(volume)
         del volume
         predicted: dict[str, Any] = {}
+        slabs = _slab_labels(state, manifest, with_confidence)
         probabilities = predict_probabilities(
             self.network_for(device) if backend.name == "torch" else self.model.network, tensor, patch_size=patch,
             overlap=overlap, mirror_axes=mirror_axes, sigma_scale=defaults.gaussian_sigma_scale,
             batch_size=self.batch_size, device=device, amp=self.amp, sink=sink, cancel=cancel, optimize=False,
-            backend=backend, weights_sha256=manifest.weights_sha256, report=predicted)
+            backend=backend, weights_sha256=manifest.weights_sha256, report=predicted, consumer=slabs)
         del tensor
         timing["predict"] = time.perf_counter() - t
 
         t = stage("postprocess", "labels back onto the input grid")
-        mapped = labels_to_input_grid(probabilities, state, with_confidence=with_confidence)
-        labelmap, confidence = mapped if with_confidence else (mapped, None)
+        if slabs is not None:  # the labels were made slab by slab during the prediction
+            labelmap, confidence = slabs.finish()
+        else:
+            mapped = labels_to_input_grid(probabilities, state, with_confidence=with_confidence)
+            labelmap, confidence = mapped if with_confidence else (mapped, None)
         removed = remove_small_components(labelmap.array, list(defaults.largest_component_labels))
         labelmap.meta.update(source_of=str(described[manifest.inputs[0].name]["source"]), model=manifest.name)
         segments, regions = statistics(labelmap, manifest)
         timing["postprocess"] = time.perf_counter() - t
         t = time.perf_counter()
-        result_quality = assess_result(labelmap, probabilities, state, manifest, segments)
-        del probabilities
+        result_quality = assess_result(labelmap, probabilities, state, manifest, segments,
+                                       maps=None if slabs is None else slabs.uncertainty_maps())
+        del probabilities, slabs
         if result_quality is not None:
             labelmap.meta["segment_quality"] = result_quality.segments  # -> .seg.nrrd segment tags
         timing["quality"] += time.perf_counter() - t

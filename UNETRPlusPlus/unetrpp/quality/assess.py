@@ -45,12 +45,19 @@ class ResultQuality:
 
 def assess_result(labelmap: Any, probabilities: Any, state: Any, manifest: Any,
                   segments: Sequence[Mapping[str, Any]], *,
-                  mirror_disagreement: Mapping[int, float] | None = None) -> ResultQuality:
+                  mirror_disagreement: Mapping[int, float] | None = None,
+                  maps: tuple[np.ndarray, np.ndarray] | None = None) -> ResultQuality:
     """Plausibility and calibrated uncertainty per structure, from the labelmap on the input grid
-    (`partial`), the class probabilities on the network grid and the report's segments (volumes)."""
+    (`partial`), the class probabilities on the network grid and the report's segments (volumes).
+    `maps`: `uncertainty(probabilities, temperature_of(manifest), entropy_step(grid))` computed by
+    the caller (slab by slab, unetrpp.preprocess.SlabLabels), in place of `probabilities` (None)."""
     t = time.perf_counter()
-    step = entropy_step(probabilities.shape[1:])
-    labels, entropy = uncertainty(probabilities, temperature_of(manifest), step)
+    if maps is not None:
+        labels, entropy = maps
+        step = entropy_step(labels.shape)
+    else:
+        step = entropy_step(probabilities.shape[1:])
+        labels, entropy = uncertainty(probabilities, temperature_of(manifest), step)
     values = [int(s["value"]) for s in segments]
     lcc = list(manifest.inference_defaults.largest_component_labels)
     measures = per_structure_measures(labels, entropy, values, skip_fragments=lcc, step=step)
