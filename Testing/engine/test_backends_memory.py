@@ -77,3 +77,45 @@ def test_mps_without_an_operator_runs_on_the_cpu(monkeypatch):
                              1, True, events.append)
     assert runner.device.type == "cpu"
     assert any(getattr(e, "fields", {}).get("level") == "warning" or "CPU" in str(e) for e in events)
+
+
+# Slab-wise stitching and export in the Segmenter (the full-CT path, on a small case) -------------------
+def test_segmenter_slab_path_equals_the_whole_float16_buffer(tmp_path, data_dir, monkeypatch):
+    """With the float16 regime forced on a small CT (the limit lowered), the Segmenter makes labels,
+    confidence and the quality maps slab by slab (predict_slabs + preprocess.SlabLabels): the same
+    labelmap, confidence and per-structure quality as the whole float16 buffer through
+    labels_to_input_grid and assess_result."""
+    import numpy as np
+
+    import unetrpp.predict as predict_module
+    import unetrpp.segmenter as segmenter_module
+    from support.packages import make_tiny_package
+    from unetrpp.image import read_image
+    from unetrpp.segmenter import Segmenter
+
+    package = make_tiny_package(tmp_path / "pkg", patch_size=(16, 32, 32), stem_kernel=(2, 4, 4))
+    ct = read_image(data_dir / "ct" / "example_ct_sm.nii.gz")
+    lo = ct.index_to_physical(np.array([30, 30, 3]))
+    hi = ct.index_to_physical(np.array([52, 50, 24]))  # network grid 22 x ~80 x ~87: 2 x 4 x 5 windows
+    roi = (np.minimum(lo, hi).tolist(), np.maximum(lo, hi).tolist())
+    seg = Segmenter(package, device="cpu")
+    monkeypatch.setattr(predict_module, "STITCH_FLOAT32_LIMIT", 1000)
+    calls = []
+    original = segmenter_module._slab_labels
+
+    def spy(*args):
+        made = original(*args)
+        calls.append(made)
+        return made
+
+    monkeypatch.setattr(segmenter_module, "_slab_labels", spy)
+    slabbed = seg.run(seg.request(ct, roi=roi, fast=True, backend="torch", with_confidence=True))
+    assert calls and calls[-1] is not None  # the slab path ran
+    monkeypatch.setattr(segmenter_module, "_slab_labels", lambda *args: None)
+    whole = seg.run(seg.request(ct, roi=roi, fast=True, backend="torch", with_confidence=True))
+    assert slabbed.report["backend"]["stitch_dtype"] == whole.report["backend"]["stitch_dtype"] == "float16"
+    np.testing.assert_array_equal(slabbed.labelmap.array, whole.labelmap.array)
+    np.testing.assert_array_equal(slabbed.confidence.array, whole.confidence.array)
+    assert slabbed.report["segments"] == whole.report["segments"]
+    assert slabbed.report["quality"] == whole.report["quality"]
+    np.testing.assert_array_equal(slabbed.quality.result.entropy, whole.quality.result.entropy)

@@ -137,11 +137,13 @@ class FullStitcher:
             self.gaussian = torch.from_numpy(np.array(gaussian)).to(device)
 
     def add(self, start: Sequence[int], predicted: torch.Tensor) -> None:
-        """One window's probabilities x Gaussian (K, *patch), float32."""
+        """One window's probabilities x Gaussian (K, *patch), float32 (the float16 regimes divide it
+        in place)."""
         src, dst = window_slices(start, self.below, self.size, self.patch)
         target = self.accumulator[(slice(None), *src)]
-        if self.normalised:
-            target += predicted[(slice(None), *dst)] / self.normaliser.at(src).to(predicted.device)
+        if self.normalised:  # (in place: `predicted` is this window's own tensor, from inference mode)
+            with torch.inference_mode():
+                target += predicted[(slice(None), *dst)].div_(self.normaliser.at(src).to(predicted.device))
         else:
             target += predicted[(slice(None), *dst)]
             self.weights[src] += self.gaussian[dst]
@@ -188,7 +190,8 @@ class SlabStitcher:
             raise RuntimeError("windows must come in ascending z order (itertools.product of window_starts)")
         self._advance(z.start)
         band_z = slice(z.start - self.lo, z.stop - self.lo)
-        self.band[(slice(None), band_z, *src[1:])] += predicted[(slice(None), *dst)] / self.normaliser.at(src)
+        with torch.inference_mode():  # (in place: `predicted` is this window's own tensor, from inference mode)
+            self.band[(slice(None), band_z, *src[1:])] += predicted[(slice(None), *dst)].div_(self.normaliser.at(src))
 
     def finish(self) -> None:
         end = self.size[0]
