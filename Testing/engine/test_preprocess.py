@@ -413,3 +413,25 @@ def test_resampling_pinned_skimage_behaviours(ct):
     fast = resample(a, (12, 50, 61), 3, axis=0)
     every = resize_slices(a, (50, 61), 3, np.empty((30, 50, 61), np.float32))
     np.testing.assert_array_equal(fast, every[nearest_indices(30, 12)])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("order", [0, 1])
+@pytest.mark.parametrize("shape,new_shape", [((23, 17, 19), (50, 40, 31)), ((31, 29, 27), (9, 8, 7)),
+                                             ((12, 40, 33), (30, 21, 50))])
+def test_slab_resampling_equals_the_whole_volume_call(monkeypatch, shape, new_shape, order, dtype):
+    """`resample` without a separate axis into float32 (the export of isotropic plans) reads the
+    input slab by slab and writes float32 directly: bit for bit skimage 0.18.1's whole-volume
+    map_coordinates in float64, clipped to the input's range, then rounded to float32."""
+    import unetrpp.resampling as resampling
+    from unetrpp.resampling import pixel_centres, resample
+
+    x = np.random.default_rng(3).random(shape).astype(dtype)
+    grid = np.array(np.meshgrid(*(pixel_centres(n, m) for n, m in zip(shape, new_shape)), indexing="ij"))
+    whole = ndimage.map_coordinates(x.astype(np.float64), grid, order=order, mode="nearest")
+    expected = np.clip(whole, float(x.min()), float(x.max())).astype(np.float32)
+    monkeypatch.setattr(resampling, "BATCH_ELEMENTS", 4 * int(np.prod(new_shape[1:])))  # 4 rows per slab
+    got = resample(x, new_shape, order, None, out=np.empty(new_shape, np.float32))
+    np.testing.assert_array_equal(got, expected)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(resample(x, new_shape, order, None), expected)  # one slab
