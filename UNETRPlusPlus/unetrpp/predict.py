@@ -17,13 +17,15 @@
   centres the Gaussian at (patch - 1) / 2 and clamps at 1e-3, unlike nnU-Net. The Gaussian here is
   scipy's `gaussian_filter` of a centred impulse, as in nnU-Net.
 
-Memory: the accumulator is one (K, D, H, W) tensor plus a float32 (D, H, W) weight map, both on
-the CPU whatever device runs the network (stitching on the CPU keeps GPU memory at the size of one
-batch of windows). The accumulator is float32 up to `STITCH_FLOAT32_LIMIT` bytes and float16 above
-(`stitch_dtype="auto"`): a full abdominal CT (14 classes over a 150x528x528 grid) needs 2.3 GB in
-float32 and 1.2 GB in float16; the labels agree on >= 99.9 % of voxels (docs/benchmarks.md,
-Testing/engine/test_predict.py), and the small volumes of the parity tests stay float32. Windows are cut from the input one batch at a time, so padding
-never copies the whole volume.
+Memory (unetrpp.stitching): the result is stitched in host memory (on a CUDA device only where
+`unetrpp.memory.plan_gpu` finds room for the whole buffer there). Up to `STITCH_FLOAT32_LIMIT` bytes
+(`stitch_dtype="auto"`; every parity case) the official float32 arithmetic: a (K, D, H, W) sum and a
+(D, H, W) weight map. Above it, float16 (a full abdominal CT, 14 classes over 150x528x528: 1.17 GB
+instead of 2.3 GB; labels >= 99.99 % equal to float32, docs/benchmarks.md) with the normaliser as
+three 1-D sums (the Gaussian is separable), and `predict_slabs` hands the float16 result over slab
+by slab from a band of patch[0] z-slices (0.50 GB on that CT), which the Segmenter turns into labels
+as they come (unetrpp.preprocess.SlabLabels). Windows are cut from the input one batch at a time,
+so padding never copies the whole volume.
 
 Devices: "auto" picks CUDA, then Apple MPS, then the CPU (`select_device`). Autocast (float16)
 runs on CUDA only. A CUDA out-of-memory error halves the batch and retries; at batch size 1 the
