@@ -510,6 +510,9 @@ class SlabLabels:
     (temperature, entropy step), also `quality.structures.uncertainty`'s labels and entropy (every
     step-th voxel, sampled at the same slices as on the whole volume)."""
 
+    #: network slices per call of the quality module's `uncertainty` (rounded up to its step)
+    CHUNK_SLICES = 4
+
     @staticmethod
     def applies(state: PreprocessState) -> bool:
         return state.separate_axis == 0 and state.separate_z_order == 0 and state.label_order == 1
@@ -554,10 +557,12 @@ class SlabLabels:
             off = min((-z0) % step, n)  # the entropy is sampled at slices 0, step, 2 step, ... of the grid
             if off:
                 self.net_labels[z0:z0 + off] = p[:, :off].argmax(0)
-            if off < n:
-                labels, entropy = uncertainty(p[:, off:], temperature, step)
-                self.net_labels[z0 + off:z0 + n] = labels
-                first = (z0 + off) // step
+            chunk = step * -(-self.CHUNK_SLICES // step)  # a few slices at a time: small float32 temporaries
+            for a in range(off, n, chunk):  # each chunk starts on a sampled slice: the same values
+                b = min(n, a + chunk)
+                labels, entropy = uncertainty(p[:, a:b], temperature, step)
+                self.net_labels[z0 + a:z0 + b] = labels
+                first = (z0 + a) // step
                 self.entropy[first:first + entropy.shape[0]] = entropy
         self.filled = z0 + n
 
