@@ -6,8 +6,9 @@
 * `torch`: the engine's optimized PyTorch network (`unetrpp.network.fast`), any device.
 * `openvino`: the ONNX export compiled by OpenVINO for the CPU (the `[cpu]` extra).
 * `onnxruntime`: the ONNX export in ONNX Runtime (CPU, or CUDA with onnxruntime-gpu).
-* `auto`: OpenVINO on a CPU when it is installed (1.25-2x the PyTorch path on the development
-  machines, docs/benchmarks.md), else PyTorch; PyTorch on CUDA and MPS (float16 autocast on CUDA).
+* `auto`: OpenVINO on a CPU when it is installed (per synapse window 2.1x the PyTorch path on the
+  2-core AVX2 development machine with the deploy graph, 1.25x on another CPU before it:
+  docs/benchmarks.md), else PyTorch; PyTorch on CUDA and MPS (float16 autocast on CUDA).
 
 Precision: `f32` everywhere by default. `bf16` (OpenVINO on CPUs with native bfloat16) and `f16`
 (ONNX Runtime / OpenVINO) are explicit options; labels with them are measured in
