@@ -46,6 +46,7 @@ import os
 import re
 import signal
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -117,15 +118,25 @@ class Events:
 
 
 @contextmanager
-def cancel_on_signals(events: Events) -> Iterator[threading.Event]:
+def cancel_on_signals(events: Events, *, stopping_process: bool = False) -> Iterator[threading.Event]:
     """SIGTERM and SIGINT set the returned event; training stops after its current step (with a checkpoint),
-    any other stage at once (KeyboardInterrupt, classified as cancelled)."""
+    any other stage at once (KeyboardInterrupt, classified as cancelled).
+
+    One stop request often arrives as several signals within milliseconds (the Slicer module signals
+    the process group and each process, and its supervisor forwards what it receives), so a repeat
+    counts as "stop now" only after REPEAT_AFTER_S. `stopping_process`: the caller is a command
+    that exits once this block ends; after a stop request, late copies of the signal are then
+    ignored instead of meeting the default handler (which would kill the process mid-report with
+    SIGTERM's status instead of the "cancelled" exit)."""
     token = threading.Event()
+    first_at: list[float] = []
 
     def handler(signum: int, frame: Any) -> None:
-        first = not token.is_set()
+        now = time.monotonic()
+        if not first_at:
+            first_at.append(now)
         token.set()
-        if events.stage_name != "train" or not first:
+        if events.stage_name != "train" or now - first_at[0] >= REPEAT_AFTER_S:
             raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
@@ -138,7 +149,11 @@ def cancel_on_signals(events: Events) -> Iterator[threading.Event]:
         yield token
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            signal.signal(s, signal.SIG_IGN if stopping_process and token.is_set() else h)
+
+
+#: A second stop signal this long after the first means "stop now", not another copy of the first.
+REPEAT_AFTER_S = 2.0
 
 
 # Helpers ------------------------------------------------------------------------------------

@@ -120,6 +120,13 @@ STOP_GRACE_S = 1.0
 DRAIN_S = 3.0
 
 
+def _in_group(pid: int, group: int) -> bool:
+    try:
+        return os.getpgid(pid) == group
+    except OSError:  # gone already
+        return True
+
+
 def signal_status(returncode: int | None) -> int | None:
     """The signal that ended a process: -N from subprocess, or 128 + N passed on by the supervisor
     (through a launcher). None for a normal exit. 130 (= 128 + SIGINT) is the engine's "cancelled"."""
@@ -238,6 +245,8 @@ class WorkerProcess:
         elif self.proc.poll() is None:
             self.proc.kill() if sig != signal.SIGTERM else self.proc.terminate()
         for p in self.tree_alive():  # anyone who left the group (setsid) or on Windows
+            if os.name != "nt" and _in_group(p.pid, self.proc.pid):
+                continue  # killpg reached it: a second copy of the signal would be a second request
             try:
                 p.kill() if sig != signal.SIGTERM else p.terminate()
             except psutil.Error:

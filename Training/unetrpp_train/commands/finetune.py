@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not as_json and root.level > logging.INFO:
         logging.getLogger("unetrpp_train").setLevel(logging.INFO)
     try:
-        with cancel_on_signals(events) as token:
+        with cancel_on_signals(events, stopping_process=True) as token:
             result = finetune(opts, resume=args.resume, events=events, cancel=token)
     except (Exception, KeyboardInterrupt) as exc:
         if as_json:
